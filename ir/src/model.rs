@@ -1,0 +1,219 @@
+//! Models: a [`Graph`] plus the ModelProto fields around it, and the
+//! functions that load, save, import and export them.
+//!
+//! Saving is atomic: bytes go to a temporary file in the destination folder,
+//! which is then renamed over the target, so a failed or interrupted save
+//! never leaves a half-written model behind.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use crate::error::IrError;
+use crate::external::{self, ExternalWriter};
+use crate::graph::Graph;
+use crate::proto::{ModelProto, StringStringEntryProto};
+
+/// An ONNX model: its main graph and everything else of the ModelProto.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The main graph.
+    pub graph: Graph,
+    /// All ModelProto fields except `graph` and `opset_import` (which the
+    /// graph carries).
+    rest: ModelProto,
+    /// The folder the model was loaded from (external data is relative to it).
+    pub dir: Option<PathBuf>,
+}
+
+/// How [`save`] writes tensor data.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Write every initializer of at least this many bytes to an external
+    /// data file (`<output file name>.data`). `None` keeps the input's
+    /// choice: tensors that were external stay external, the rest inline.
+    pub external_threshold: Option<usize>,
+}
+
+impl Model {
+    /// A new model around `graph` (IR version 8, produced by qforge).
+    pub fn new(graph: Graph) -> Model {
+        Model {
+            graph,
+            rest: ModelProto {
+                ir_version: Some(8),
+                producer_name: Some("qforge".into()),
+                producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+                ..Default::default()
+            },
+            dir: None,
+        }
+    }
+
+    /// The IR version.
+    pub fn ir_version(&self) -> i64 {
+        self.rest.ir_version()
+    }
+
+    /// Sets the IR version.
+    pub fn set_ir_version(&mut self, v: i64) {
+        self.rest.ir_version = Some(v);
+    }
+
+    /// Producer name and version.
+    pub fn producer(&self) -> (&str, &str) {
+        (self.rest.producer_name(), self.rest.producer_version())
+    }
+
+    /// Model metadata (`metadata_props`).
+    pub fn metadata(&self) -> &[StringStringEntryProto] {
+        &self.rest.metadata_props
+    }
+
+    /// Sets a `metadata_props` entry.
+    pub fn set_metadata(&mut self, key: &str, value: &str) {
+        match self.rest.metadata_props.iter_mut().find(|e| e.key() == key) {
+            Some(e) => e.value = Some(value.to_string()),
+            None => self
+                .rest
+                .metadata_props
+                .push(StringStringEntryProto { key: Some(key.into()), value: Some(value.into()) }),
+        }
+    }
+
+    /// Number of model-local functions.
+    pub fn function_count(&self) -> usize {
+        self.rest.functions.len()
+    }
+}
+
+/// Builds a model from a decoded ModelProto. `dir` is the folder external
+/// data is read from.
+pub fn import(mut proto: ModelProto, dir: Option<&Path>) -> Result<Model, IrError> {
+    let mut gp = proto.graph.take().ok_or_else(|| IrError::Invalid("the model has no graph".into()))?;
+    let mut external = Vec::new();
+    for t in &mut gp.initializer {
+        if external::is_external(t) {
+            external::resolve(t, dir)?;
+            external.push(t.name().to_string());
+        }
+    }
+    let opsets = std::mem::take(&mut proto.opset_import);
+    let mut graph = Graph::from_proto(gp, opsets)?;
+    for name in &external {
+        graph.mark_external(name);
+    }
+    Ok(Model { graph, rest: proto, dir: dir.map(Path::to_path_buf) })
+}
+
+/// Decodes and imports ONNX bytes.
+pub fn import_bytes(bytes: &[u8], dir: Option<&Path>) -> Result<Model, IrError> {
+    let proto = ModelProto::decode(bytes).map_err(|source| IrError::Decode {
+        path: dir.map(Path::to_path_buf).unwrap_or_else(|| "<memory>".into()),
+        source,
+    })?;
+    import(proto, dir)
+}
+
+/// Loads an ONNX file (and its external data).
+pub fn load(path: impl AsRef<Path>) -> Result<Model, IrError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| IrError::io(path, e))?;
+    let proto =
+        ModelProto::decode(&bytes[..]).map_err(|source| IrError::Decode { path: path.to_path_buf(), source })?;
+    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    import(proto, dir).map_err(|e| match e {
+        IrError::Invalid(m) => IrError::Invalid(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// The ModelProto, every tensor's data inline.
+pub fn export(model: &Model) -> ModelProto {
+    let (graph, opsets) = model.graph.to_proto();
+    let mut p = model.rest.clone();
+    p.graph = Some(graph);
+    p.opset_import = opsets;
+    p
+}
+
+/// A temporary file beside `path` that is renamed over it on `commit`, and
+/// deleted if dropped uncommitted.
+struct AtomicFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    fn create(path: &Path) -> Result<AtomicFile, IrError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| IrError::io(&tmp, e))?;
+        Ok(AtomicFile { tmp, path: path.to_path_buf(), file: Some(file) })
+    }
+
+    fn commit(mut self) -> Result<(), IrError> {
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(|e| IrError::io(&self.tmp, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| IrError::io(&self.path, e))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Saves `model` to `path` atomically, writing external data (if any) to
+/// `<file name>.data` beside it.
+pub fn save(model: &Model, path: impl AsRef<Path>, opts: &ExportOptions) -> Result<(), IrError> {
+    let path = path.as_ref();
+    let mut proto = export(model);
+    let external: std::collections::HashSet<String> =
+        model.graph.external_initializers().map(|v| model.graph.value_name(v).to_string()).collect();
+    let gp = proto.graph.as_mut().expect("export always sets the graph");
+    let goes_out = |t: &crate::proto::TensorProto| match opts.external_threshold {
+        Some(th) => t.raw_data.as_ref().is_some_and(|r| r.len() >= th),
+        None => external.contains(t.name()),
+    };
+    let mut data_file = None;
+    if gp.initializer.iter().any(goes_out) {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        let location = format!("{file_name}.data");
+        let data_path = path.with_file_name(&location);
+        let mut af = AtomicFile::create(&data_path)?;
+        let mut w = ExternalWriter { file: af.file.take().expect("just created"), location, offset: 0 };
+        for t in gp.initializer.iter_mut().filter(|t| goes_out(t)) {
+            let bytes = match t.raw_data.is_some() {
+                true => None,
+                // Typed storage: convert to raw bytes first so it can move out.
+                false => crate::tensor::Tensor::from_proto(t.clone()).raw_bytes().ok().map(|c| c.into_owned()),
+            };
+            if let Some(b) = bytes {
+                t.float_data.clear();
+                t.int32_data.clear();
+                t.int64_data.clear();
+                t.double_data.clear();
+                t.uint64_data.clear();
+                t.raw_data = Some(b);
+            }
+            w.write(t).map_err(|e| IrError::io(&data_path, e))?;
+        }
+        af.file = Some(w.file);
+        data_file = Some(af);
+    }
+    let bytes = proto.encode_to_vec();
+    let mut af = AtomicFile::create(path)?;
+    af.file.as_mut().expect("just created").write_all(&bytes).map_err(|e| IrError::io(path, e))?;
+    if let Some(d) = data_file {
+        d.commit()?;
+    }
+    af.commit()
+}

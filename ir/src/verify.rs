@@ -1,0 +1,384 @@
+//! The IR verifier. The pass manager runs it after every pass; it collects
+//! every violation before failing, so one run shows the whole damage.
+//!
+//! Invariants checked (the rule name appears in each report):
+//!
+//! - `slots`: every node input/output/implicit slot names a live value; graph
+//!   inputs, outputs and initializer lists name live values of the right kind.
+//! - `ssa`: a value has at most one producer, and a value whose definition
+//!   says "output `s` of node `n`" is exactly that node's output `s`.
+//! - `uses`: each value's use-list equals the set of node slots reading it.
+//! - `edges`: the petgraph edges are exactly one producer → consumer edge per
+//!   use of a produced value.
+//! - `dangling`: every value that is read (by a node or as a graph output) is
+//!   defined: by a node, a graph input or an initializer.
+//! - `names`: value names are non-empty and unique, and the name index agrees.
+//! - `order`: the node order lists every node once and is topological (which
+//!   also proves the graph acyclic).
+//! - `tensor`: initializer data matches its dtype and dims.
+//! - `qdq`: QuantizeLinear/DequantizeLinear dtypes agree (float side, integer
+//!   side, zero point of the integer type, per-axis scale length = axis dim).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use petgraph::visit::IntoEdgeReferences;
+
+use crate::dtype::DataType;
+use crate::error::IrError;
+use crate::graph::{Graph, NodeId, UseSlot, ValueDef, ValueId};
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name (see the module docs).
+    pub rule: &'static str,
+    /// What is wrong, naming nodes and tensors.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.rule, self.message)
+    }
+}
+
+struct Checker<'g> {
+    g: &'g Graph,
+    out: Vec<Violation>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, rule: &'static str, message: String) {
+        self.out.push(Violation { rule, message });
+    }
+    fn node_desc(&self, n: NodeId) -> String {
+        let node = self.g.node(n);
+        format!("node \"{}\" ({})", node.name(), node.op_type())
+    }
+    fn live(&self, v: ValueId) -> bool {
+        self.g.contains_value(v)
+    }
+    fn vname(&self, v: ValueId) -> String {
+        if self.live(v) { format!("\"{}\"", self.g.value_name(v)) } else { format!("<removed value #{}>", v.index()) }
+    }
+}
+
+/// Checks every invariant; `Err` lists all violations.
+pub fn verify(g: &Graph) -> Result<(), IrError> {
+    let violations = check(g);
+    if violations.is_empty() { Ok(()) } else { Err(IrError::Verify(violations)) }
+}
+
+/// All violations, possibly none.
+pub fn check(g: &Graph) -> Vec<Violation> {
+    let mut c = Checker { g, out: Vec::new() };
+    check_slots_and_ssa(&mut c);
+    check_uses_and_edges(&mut c);
+    check_names(&mut c);
+    check_order(&mut c);
+    check_tensors(&mut c);
+    check_qdq(&mut c);
+    c.out
+}
+
+fn check_slots_and_ssa(c: &mut Checker) {
+    let g = c.g;
+    for n in g.nodes() {
+        if !g.contains_node(n) {
+            c.report("order", format!("the node order lists removed node #{}", n.index()));
+            continue;
+        }
+        let node = g.node(n);
+        for (i, v) in node.inputs().iter().enumerate() {
+            if let Some(v) = v
+                && !c.live(*v)
+            {
+                c.report("slots", format!("{} input {i} reads a removed value", c.node_desc(n)));
+            }
+        }
+        for &v in node.implicit_inputs() {
+            if !c.live(v) {
+                c.report("slots", format!("{} captures a removed value", c.node_desc(n)));
+            }
+        }
+        for (s, v) in node.outputs().iter().enumerate() {
+            let Some(v) = *v else { continue };
+            if !c.live(v) {
+                c.report("slots", format!("{} output {s} is a removed value", c.node_desc(n)));
+            } else if g.value(v).def() != ValueDef::Node(n, s) {
+                c.report(
+                    "ssa",
+                    format!(
+                        "{} output {s} is {}, but that value's definition is {:?}",
+                        c.node_desc(n),
+                        c.vname(v),
+                        g.value(v).def()
+                    ),
+                );
+            }
+        }
+    }
+    for v in g.value_ids() {
+        match g.value(v).def() {
+            ValueDef::Node(n, s) => {
+                if !g.contains_node(n) || g.node(n).output(s) != Some(v) {
+                    c.report(
+                        "ssa",
+                        format!("value {} claims to be output {s} of a node that does not produce it", c.vname(v)),
+                    );
+                }
+            }
+            ValueDef::Initializer => {
+                if !g.initializers().contains(&v) || g.initializer(v).is_none() {
+                    c.report(
+                        "slots",
+                        format!("initializer {} is missing from the initializer list or has no data", c.vname(v)),
+                    );
+                }
+            }
+            ValueDef::Input => {
+                if !g.is_graph_input(v) {
+                    c.report("slots", format!("value {} is marked as a graph input but is not listed", c.vname(v)));
+                }
+            }
+            ValueDef::SparseInitializer | ValueDef::Undefined => {}
+        }
+    }
+    for &v in g.initializers() {
+        if !c.live(v) || g.value(v).def() != ValueDef::Initializer {
+            c.report("slots", format!("the initializer list names {}, which is not an initializer", c.vname(v)));
+        }
+    }
+    for p in g.inputs() {
+        if !c.live(p.value) || !matches!(g.value(p.value).def(), ValueDef::Input | ValueDef::Initializer) {
+            c.report("slots", format!("graph input {} is not an input or initializer value", c.vname(p.value)));
+        }
+    }
+    for p in g.outputs() {
+        if !c.live(p.value) {
+            c.report("slots", format!("graph output {} was removed", c.vname(p.value)));
+        } else if g.value(p.value).def() == ValueDef::Undefined {
+            c.report("dangling", format!("graph output {} is not defined by anything", c.vname(p.value)));
+        }
+    }
+}
+
+fn check_uses_and_edges(c: &mut Checker) {
+    let g = c.g;
+    // Expected uses, from the nodes' slots.
+    let mut expected: HashMap<ValueId, Vec<(NodeId, UseSlot)>> = HashMap::new();
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let node = g.node(n);
+        for (i, v) in node.inputs().iter().enumerate() {
+            if let Some(v) = v {
+                expected.entry(*v).or_default().push((n, UseSlot::Input(i)));
+            }
+        }
+        for (i, &v) in node.implicit_inputs().iter().enumerate() {
+            expected.entry(v).or_default().push((n, UseSlot::Implicit(i)));
+        }
+    }
+    let mut edge_count = 0usize;
+    for v in g.value_ids() {
+        let mut want: Vec<(NodeId, UseSlot)> = expected.remove(&v).unwrap_or_default();
+        let mut have: Vec<(NodeId, UseSlot)> = g.uses(v).iter().map(|u| (u.node, u.slot)).collect();
+        want.sort();
+        have.sort();
+        if want != have {
+            c.report("uses", format!("use-list of {} is {have:?} but the nodes read it at {want:?}", c.vname(v)));
+        }
+        if !want.is_empty() && g.value(v).def() == ValueDef::Undefined {
+            let readers: Vec<String> = want.iter().map(|(n, _)| c.node_desc(*n)).collect();
+            c.report("dangling", format!("{} is read by {} but nothing defines it", c.vname(v), readers.join(", ")));
+        }
+        if let ValueDef::Node(p, _) = g.value(v).def() {
+            edge_count += want.len();
+            for (n, slot) in &want {
+                let found = g
+                    .dag
+                    .edges_connecting(p.0, n.0)
+                    .filter(|e| e.weight().value == v && e.weight().slot == *slot)
+                    .count();
+                if found != 1 {
+                    c.report("edges", format!("{found} edges carry {} to {} (want 1)", c.vname(v), c.node_desc(*n)));
+                }
+            }
+        }
+    }
+    for (v, _) in expected {
+        c.report("slots", format!("a node reads {}, which is not a live value", c.vname(v)));
+    }
+    let total = g.dag.edge_references().count();
+    if total != edge_count {
+        c.report("edges", format!("the graph has {total} edges but {edge_count} uses of produced values"));
+    }
+    for e in g.dag.edge_references() {
+        if !g.contains_value(e.weight().value) {
+            c.report("edges", "an edge carries a removed value".into());
+        }
+    }
+}
+
+fn check_names(c: &mut Checker) {
+    let g = c.g;
+    let mut seen: HashSet<&str> = HashSet::new();
+    for v in g.value_ids() {
+        let name = g.value_name(v);
+        if name.is_empty() {
+            c.report("names", format!("value #{} has an empty name", v.index()));
+        }
+        if !seen.insert(name) {
+            c.report("names", format!("two values are called \"{name}\""));
+        }
+        if g.find_value(name) != Some(v) {
+            c.report("names", format!("the name index does not map \"{name}\" to its value"));
+        }
+    }
+    if g.by_name.len() != seen.len() {
+        c.report("names", "the name index holds names of removed values".into());
+    }
+}
+
+fn check_order(c: &mut Checker) {
+    let g = c.g;
+    let live = g.dag.node_count();
+    let listed: HashSet<NodeId> = g.nodes().collect();
+    if listed.len() != g.node_count() {
+        c.report("order", "the node order lists a node twice".into());
+    }
+    if listed.len() != live {
+        c.report("order", format!("the node order lists {} nodes but the graph has {live}", listed.len()));
+    }
+    let mut done: HashSet<NodeId> = HashSet::new();
+    let mut late = 0;
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let node = g.node(n);
+        for v in node.inputs().iter().flatten().chain(node.implicit_inputs()) {
+            if c.live(*v)
+                && let ValueDef::Node(p, _) = g.value(*v).def()
+                && !done.contains(&p)
+            {
+                late += 1;
+                if late <= 5 {
+                    c.report(
+                        "order",
+                        format!(
+                            "{} reads {} before its producer {} (not topological)",
+                            c.node_desc(n),
+                            c.vname(*v),
+                            c.node_desc(p)
+                        ),
+                    );
+                }
+            }
+        }
+        done.insert(n);
+    }
+    if late > 5 {
+        c.report("order", format!("... and {} more reads before their producer", late - 5));
+    }
+    if petgraph::algo::is_cyclic_directed(&g.dag) {
+        c.report("order", "the graph has a cycle".into());
+    }
+}
+
+fn check_tensors(c: &mut Checker) {
+    let g = c.g;
+    for &v in g.initializers() {
+        if let Some(t) = g.initializer(v).filter(|_| c.live(v))
+            && t.dtype().and_then(DataType::size).is_some()
+            && let Err(e) = t.raw_bytes()
+        {
+            c.report("tensor", format!("initializer {}: {e}", c.vname(v)));
+        }
+    }
+}
+
+fn check_qdq(c: &mut Checker) {
+    let g = c.g;
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let node = g.node(n);
+        let (is_q, is_dq) = (node.is_op("QuantizeLinear"), node.is_op("DequantizeLinear"));
+        if !is_q && !is_dq {
+            continue;
+        }
+        let dt = |slot: usize| node.input(slot).and_then(|v| g.dtype(v));
+        let out = node.output(0).and_then(|v| g.dtype(v));
+        let (x, scale, zp) = (dt(0), dt(1), dt(2));
+        let desc = c.node_desc(n);
+        if let Some(s) = scale
+            && !s.is_float()
+        {
+            c.report("qdq", format!("{desc}: scale is {s}, must be a float type"));
+        }
+        if is_q {
+            if let Some(x) = x
+                && !x.is_float()
+            {
+                c.report("qdq", format!("{desc}: input is {x}, must be a float type"));
+            }
+            if let Some(z) = zp
+                && !z.is_quantized_int()
+                && !z.is_float()
+            {
+                c.report("qdq", format!("{desc}: zero point is {z}, must be an integer type such as i8 or u8"));
+            }
+            let expect = zp.or(Some(DataType::U8));
+            if let (Some(o), Some(e)) = (out, expect)
+                && node.attr_int("output_dtype").is_none()
+                && o != e
+            {
+                c.report("qdq", format!("{desc}: output is {o} but the zero point makes it {e}"));
+            }
+        } else {
+            if let Some(x) = x
+                && x.is_float()
+                && !matches!(x, DataType::F32 | DataType::F16 | DataType::BF16)
+            {
+                c.report("qdq", format!("{desc}: input is {x}, must be a quantized integer type"));
+            }
+            if let Some(x) = x
+                && !x.is_float()
+                && !x.is_quantized_int()
+                && x != DataType::I32
+            {
+                c.report("qdq", format!("{desc}: input is {x}, must be a quantized integer type"));
+            }
+            if let (Some(x), Some(z)) = (x, zp)
+                && x != z
+            {
+                c.report("qdq", format!("{desc}: input is {x} but the zero point is {z}; they must match"));
+            }
+            if let (Some(o), Some(s)) = (out, scale)
+                && o != s
+            {
+                c.report("qdq", format!("{desc}: output is {o} but the scale is {s}; they must match"));
+            }
+        }
+        // Per-axis: the scale's length must equal the quantized axis' size.
+        let scale_dims = node.input(1).and_then(|v| g.known_dims(v));
+        let x_dims = node.input(0).and_then(|v| g.known_dims(v));
+        if let (Some(sd), Some(xd)) = (scale_dims, x_dims)
+            && sd.len() == 1
+            && sd[0] > 1
+        {
+            let axis = node.attr_int("axis").unwrap_or(1);
+            let ax = if axis < 0 { axis + xd.len() as i64 } else { axis };
+            match xd.get(ax.max(0) as usize) {
+                Some(&d) if ax >= 0 && d == sd[0] => {}
+                Some(&d) if ax >= 0 => c.report(
+                    "qdq",
+                    format!("{desc}: per-axis scale has {} values but axis {axis} of the input has size {d}", sd[0]),
+                ),
+                _ => c.report("qdq", format!("{desc}: axis {axis} is out of range for a rank-{} input", xd.len())),
+            }
+        }
+        if let (Some(sv), Some(zv)) = (node.input(1), node.input(2))
+            && let (Some(sd), Some(zd)) = (g.known_dims(sv), g.known_dims(zv))
+            && sd != zd
+        {
+            c.report("qdq", format!("{desc}: scale dims {sd:?} and zero point dims {zd:?} differ"));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The built-in passes, one per file, each registered with `register_pass!`.
+//! The first `//!` line of each file states its rewrite as `before => after`.
+
+pub mod eliminate_dead;
+pub mod eliminate_identity;
+pub mod fold_batchnorm;
+pub mod fold_constants;
+pub mod infer_shapes;
+pub mod resize_to_conv_transpose;
+pub mod topo_sort;
+
+/// Registrations live in this crate; calling this from a binary guarantees
+/// the linker keeps them (the same role `use plugin as _;` plays for plugins).
+pub fn link() {}

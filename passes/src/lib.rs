@@ -1,0 +1,70 @@
+//! qforge's pass framework and built-in passes.
+//!
+//! A pass is a struct that is its own options (deserialized from the
+//! pipeline YAML with unknown fields refused) and implements [`Pass`]. It is
+//! registered once with [`register_pass!`], which puts it in the
+//! [`inventory`] registry that pipelines and `qforge passes` read. The
+//! [`PassManager`] owns every cross-cutting concern (timing, the verifier
+//! after each pass, IR dumps, bisecting, fixed-point groups, numeric checks),
+//! so a pass only rewrites and reports what it did.
+//!
+//! Plugins are ordinary crates that depend on this one and call
+//! `register_pass!`; the final binary must reference them (`use plugin as _;`)
+//! or the linker drops their registrations.
+
+#![deny(missing_docs)]
+
+pub mod builtin;
+mod context;
+mod manager;
+mod numerics;
+mod pipeline;
+mod registry;
+pub mod util;
+
+pub use context::{PassContext, PassError, PassReport, Tolerance};
+pub use manager::{ManagerOptions, PassManager, PassRun, PrintAfter, RunReport};
+pub use numerics::{NumericsOptions, compare_outputs};
+pub use pipeline::{Origin, PassStep, Pipeline, Step};
+pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, find_pass, suggest};
+
+#[doc(hidden)]
+pub use inventory;
+#[doc(hidden)]
+pub use serde_json;
+
+use qforge_ir::Graph;
+
+/// A graph rewrite or analysis.
+pub trait Pass: Send + Sync {
+    /// Runs on `graph`, reporting what changed. Errors name the node.
+    fn run(&self, graph: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError>;
+
+    /// How closely the rewritten graph must match the original under
+    /// `--check-numerics`.
+    fn tolerance(&self) -> Tolerance {
+        Tolerance::Exact
+    }
+}
+
+/// Registers a pass type under a name, with a one-line description of its
+/// rewrite (`before => after`). The type must implement [`Pass`] and
+/// [`PassOptions`] (serde `Deserialize`/`Serialize` + `Default`).
+///
+/// ```ignore
+/// register_pass!("fold-batchnorm", FoldBatchNorm, "Conv → BatchNormalization => Conv with folded weights");
+/// ```
+#[macro_export]
+macro_rules! register_pass {
+    ($name:literal, $ty:ty, $about:literal) => {
+        $crate::inventory::submit! {
+            $crate::PassInfo {
+                name: $name,
+                about: $about,
+                create: |v| $crate::PassInfo::instantiate::<$ty>(v),
+                defaults: || $crate::PassInfo::default_options::<$ty>(),
+                docs: <$ty as $crate::PassOptions>::DOCS,
+            }
+        }
+    };
+}

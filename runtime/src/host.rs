@@ -1,0 +1,96 @@
+//! Tensors as the runtime hands them in and out: a shape and a typed `Vec`.
+
+use half::f16;
+use qforge_ir::{DataType, Tensor};
+
+/// Element data of a [`HostTensor`].
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum Data {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+/// A dense tensor in host memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dims.
+    pub shape: Vec<usize>,
+    /// Elements, row-major.
+    pub data: Data,
+}
+
+impl HostTensor {
+    /// An f32 tensor.
+    pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> HostTensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        HostTensor { shape, data: Data::F32(data) }
+    }
+
+    /// The f32 elements, if the tensor is f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DataType {
+        match &self.data {
+            Data::F32(_) => DataType::F32,
+            Data::F16(_) => DataType::F16,
+            Data::F64(_) => DataType::F64,
+            Data::I64(_) => DataType::I64,
+            Data::I32(_) => DataType::I32,
+            Data::I8(_) => DataType::I8,
+            Data::U8(_) => DataType::U8,
+            Data::Bool(_) => DataType::Bool,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements converted to f64 (for comparisons).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::F16(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::I32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::I8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::U8(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            Data::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        }
+    }
+
+    /// As an IR tensor (e.g. to fold a computed constant into the graph).
+    pub fn to_ir(&self) -> Tensor {
+        let dims: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
+        match &self.data {
+            Data::F32(v) => Tensor::new(&dims, v),
+            Data::F16(v) => Tensor::new(&dims, v),
+            Data::F64(v) => Tensor::new(&dims, v),
+            Data::I64(v) => Tensor::new(&dims, v),
+            Data::I32(v) => Tensor::new(&dims, v),
+            Data::I8(v) => Tensor::new(&dims, v),
+            Data::U8(v) => Tensor::new(&dims, v),
+            Data::Bool(v) => Tensor::new(&dims, v),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The tract engine.
+//!
+//! The graph is exported to ONNX bytes and parsed by tract-onnx with
+//! `value_info` ignored: tract then infers every shape from the concrete
+//! input facts, which avoids the failure seen on models whose value_info
+//! carries symbolic dims ("Impossible to unify Sym(batch) with Val(1)").
+
+use std::sync::Arc;
+
+use prost::Message;
+use tract_onnx::prelude::*;
+
+use crate::host::{Data, HostTensor};
+use crate::{RuntimeError, SessionOptions, resolve_input_shapes};
+use qforge_ir::{DataType, Model};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A model optimized and planned by tract.
+pub struct TractSession {
+    plan: Plan,
+    inputs: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    dtypes: Vec<DataType>,
+    outputs: Vec<String>,
+}
+
+fn engine_err(e: impl std::fmt::Display + std::fmt::Debug) -> RuntimeError {
+    // `{:#}` would drop tract's context chain; `{:?}` of anyhow shows it.
+    let msg = format!("{e:?}");
+    let msg = msg.lines().filter(|l| !l.trim().is_empty()).take(12).collect::<Vec<_>>().join("\n  ");
+    RuntimeError::Engine { engine: "tract", message: msg }
+}
+
+fn datum(dt: DataType) -> Result<DatumType, RuntimeError> {
+    Ok(match dt {
+        DataType::F32 => f32::datum_type(),
+        DataType::F16 => f16::datum_type(),
+        DataType::F64 => f64::datum_type(),
+        DataType::I64 => i64::datum_type(),
+        DataType::I32 => i32::datum_type(),
+        DataType::I8 => i8::datum_type(),
+        DataType::U8 => u8::datum_type(),
+        DataType::Bool => bool::datum_type(),
+        other => return Err(RuntimeError::BadInput(format!("inputs of type {other} are not supported"))),
+    })
+}
+
+impl TractSession {
+    /// Prepares `model` to compute `opts.outputs` (or the graph outputs).
+    pub fn new(model: &Model, opts: &SessionOptions) -> Result<TractSession, RuntimeError> {
+        let g = &model.graph;
+        let shapes = resolve_input_shapes(g, &opts.input_shapes)?;
+        let dtypes: Vec<DataType> = g.runtime_inputs().iter().map(|&v| g.dtype(v).unwrap_or(DataType::F32)).collect();
+        let bytes = qforge_ir::export(model).encode_to_vec();
+        let mut m =
+            tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(engine_err)?;
+        for (i, ((_, shape), dt)) in shapes.iter().zip(&dtypes).enumerate() {
+            let fact = InferenceFact::dt_shape(datum(*dt)?, shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+            m.set_input_fact(i, fact).map_err(engine_err)?;
+        }
+        let outputs: Vec<String> = if opts.outputs.is_empty() {
+            g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect()
+        } else {
+            opts.outputs.clone()
+        };
+        m.select_outputs_by_name(&outputs).map_err(engine_err)?;
+        let plan = m.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)?;
+        Ok(TractSession {
+            plan,
+            inputs: shapes.iter().map(|(n, _)| n.clone()).collect(),
+            shapes: shapes.into_iter().map(|(_, s)| s).collect(),
+            dtypes,
+            outputs,
+        })
+    }
+}
+
+fn to_tract(t: &HostTensor) -> Result<Tensor, RuntimeError> {
+    let shape = &t.shape;
+    let r = match &t.data {
+        Data::F32(v) => Tensor::from_shape(shape, v),
+        Data::F16(v) => Tensor::from_shape(shape, v),
+        Data::F64(v) => Tensor::from_shape(shape, v),
+        Data::I64(v) => Tensor::from_shape(shape, v),
+        Data::I32(v) => Tensor::from_shape(shape, v),
+        Data::I8(v) => Tensor::from_shape(shape, v),
+        Data::U8(v) => Tensor::from_shape(shape, v),
+        Data::Bool(v) => Tensor::from_shape(shape, v),
+    };
+    r.map_err(engine_err)
+}
+
+fn plain<D: Datum + Clone>(t: &Tensor) -> Result<Vec<D>, RuntimeError> {
+    Ok(t.try_as_plain_ram().map_err(engine_err)?.as_slice::<D>().map_err(engine_err)?.to_vec())
+}
+
+fn from_tract(name: &str, t: &Tensor) -> Result<HostTensor, RuntimeError> {
+    let shape = t.shape().to_vec();
+    let dt = t.datum_type();
+    let data = if dt == f32::datum_type() {
+        Data::F32(plain::<f32>(t)?)
+    } else if dt == f16::datum_type() {
+        Data::F16(plain::<f16>(t)?)
+    } else if dt == f64::datum_type() {
+        Data::F64(plain::<f64>(t)?)
+    } else if dt == i64::datum_type() {
+        Data::I64(plain::<i64>(t)?)
+    } else if dt == i32::datum_type() {
+        Data::I32(plain::<i32>(t)?)
+    } else if dt == bool::datum_type() {
+        Data::Bool(plain::<bool>(t)?)
+    } else if dt.unquantized() == i8::datum_type() {
+        let c = t.cast_to_dt(i8::datum_type()).map_err(engine_err)?;
+        Data::I8(plain::<i8>(&c)?)
+    } else if dt.unquantized() == u8::datum_type() {
+        let c = t.cast_to_dt(u8::datum_type()).map_err(engine_err)?;
+        Data::U8(plain::<u8>(&c)?)
+    } else {
+        return Err(RuntimeError::BadInput(format!(
+            "output \"{name}\" has type {dt:?}, which qforge cannot read back"
+        )));
+    };
+    Ok(HostTensor { shape, data })
+}
+
+impl crate::Session for TractSession {
+    fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+    fn input_shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+    fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+    fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::BadInput(format!(
+                "{} inputs given, the model takes {} ({})",
+                inputs.len(),
+                self.inputs.len(),
+                self.inputs.join(", ")
+            )));
+        }
+        let mut feed = TVec::new();
+        for (i, t) in inputs.iter().enumerate() {
+            if t.shape != self.shapes[i] || t.dtype() != self.dtypes[i] {
+                return Err(RuntimeError::BadInput(format!(
+                    "input \"{}\" must be {}{:?}, got {}{:?}",
+                    self.inputs[i],
+                    self.dtypes[i],
+                    self.shapes[i],
+                    t.dtype(),
+                    t.shape
+                )));
+            }
+            feed.push(to_tract(t)?.into_tvalue());
+        }
+        let out = self.plan.run(feed).map_err(engine_err)?;
+        out.iter().zip(&self.outputs).map(|(t, n)| from_tract(n, t)).collect()
+    }
+}

@@ -1,0 +1,67 @@
+//! The command-line interface: argument parsing and the subcommands.
+//!
+//! Exit codes: 0 success, 1 error (bad model, failed pass, I/O), 2 usage.
+
+mod diff;
+mod inspect;
+mod list;
+mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// qforge — compile ONNX models with YAML pipelines of passes
+/// (BatchNorm folding, exact rewrites, INT8 Q/DQ for TensorRT).
+#[derive(Debug, Parser)]
+#[command(name = "qforge", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline on a model and write the result.
+    Run(run::RunArgs),
+    /// List the registered passes with their options and defaults.
+    Passes(list::PassesArgs),
+    /// Summarize a model: inputs, outputs, op histogram, optionally the text IR.
+    Inspect(inspect::InspectArgs),
+    /// Structural difference of two models.
+    Diff(diff::DiffArgs),
+}
+
+/// Parses arguments, runs the command, maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    qforge_passes::builtin::link();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Passes(a) => list::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                let s = cause.to_string();
+                if !e.to_string().contains(&s) {
+                    eprintln!("  caused by: {s}");
+                }
+            }
+            ExitCode::from(1)
+        }
+    }
+}

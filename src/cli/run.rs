@@ -1,0 +1,184 @@
+//! `qforge run`: load, run a pipeline, write atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use qforge_ir::ExportOptions;
+use qforge_passes::{ManagerOptions, NumericsOptions, PassContext, PassManager, Pipeline, PrintAfter, RunReport};
+
+/// Arguments of `qforge run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline: a YAML file, or the name of a built-in pipeline (`fold`).
+    pipeline: String,
+    /// Input ONNX model.
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Output ONNX model (written atomically; external data goes to OUTPUT.data).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Override an option: PASS.OPTION=VALUE (VALUE is YAML). Repeatable.
+    #[arg(long = "set", value_name = "PASS.OPTION=VALUE")]
+    set: Vec<String>,
+    /// Run the graph before and after every pass on seeded random inputs;
+    /// exact passes must agree to 1e-5 relative.
+    #[arg(long)]
+    check_numerics: bool,
+    /// Fixed dims for a dynamic input, e.g. images=1,3,640,640. Repeatable.
+    #[arg(long = "input-shape", value_name = "NAME=D0,D1,...")]
+    input_shape: Vec<String>,
+    /// Print the text IR after this pass (or `all`) to stderr.
+    #[arg(long, value_name = "PASS|all")]
+    print_ir_after: Option<String>,
+    /// Stop after the N-th pass execution and write that state (for bisecting).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<usize>,
+    /// Skip the IR verifier after each pass.
+    #[arg(long)]
+    no_verify: bool,
+    /// Allow the output to replace the input file.
+    #[arg(long)]
+    force: bool,
+    /// Write the run report (passes, counters, times, numerics) as JSON.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Seed of random inputs and sampling.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// No progress output, no statistics table.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Parses `name=1,3,640,640`.
+pub(crate) fn parse_input_shapes(items: &[String]) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut out = BTreeMap::new();
+    for s in items {
+        let (name, dims) = s
+            .split_once('=')
+            .with_context(|| format!("--input-shape {s}: expected NAME=D0,D1,... (e.g. images=1,3,640,640)"))?;
+        let dims: Result<Vec<usize>, _> = dims.split(',').map(|d| d.trim().parse::<usize>()).collect();
+        let dims = dims.with_context(|| format!("--input-shape {s}: dims must be positive integers"))?;
+        if dims.is_empty() || dims.contains(&0) {
+            bail!("--input-shape {s}: dims must be positive integers");
+        }
+        out.insert(name.to_string(), dims);
+    }
+    Ok(out)
+}
+
+/// Loads a pipeline file, or a built-in pipeline by name.
+pub(crate) fn load_pipeline(spec: &str) -> Result<Pipeline> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(Pipeline::load(path)?);
+    }
+    if let Some((_, text)) = crate::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == spec) {
+        return Ok(Pipeline::parse(text, &format!("<built-in {spec}.yaml>"))?);
+    }
+    let names: Vec<&str> = crate::BUILTIN_PIPELINES.iter().map(|p| p.0).collect();
+    bail!("pipeline {spec}: no such file, and not a built-in pipeline ({})", names.join(", "))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Runs the command.
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut pipeline = load_pipeline(&a.pipeline)?;
+    for s in &a.set {
+        pipeline.set(s)?;
+    }
+    let input_shapes = parse_input_shapes(&a.input_shape)?;
+    let opts = ManagerOptions {
+        verify: !a.no_verify,
+        print_ir_after: a
+            .print_ir_after
+            .as_deref()
+            .map(|p| if p == "all" { PrintAfter::All } else { PrintAfter::Pass(p.to_string()) }),
+        stop_after: a.stop_after,
+        check_numerics: a.check_numerics.then(|| NumericsOptions {
+            seed: a.seed,
+            input_shapes: input_shapes.clone(),
+            ..Default::default()
+        }),
+    };
+    if let Some(PrintAfter::Pass(p)) = &opts.print_ir_after
+        && qforge_passes::find_pass(p).is_none()
+    {
+        bail!("--print-ir-after {p}: no such pass (use a pass name or `all`)");
+    }
+    let manager = PassManager::new(&pipeline, opts)?;
+    if same_file(&a.input, &a.output) && !a.force {
+        bail!("output {} is the input file; pass --force to overwrite it", a.output.display());
+    }
+    let mut model = qforge_ir::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let mut cx = PassContext {
+        model_dir: model.dir.clone(),
+        output_path: Some(a.output.clone()),
+        input_shapes,
+        quiet: a.quiet,
+        seed: a.seed,
+    };
+    if !a.quiet {
+        eprintln!(
+            "qforge: {} ({} nodes) with pipeline `{}` ({} steps)",
+            a.input.display(),
+            model.graph.node_count(),
+            pipeline.name,
+            pipeline.steps.len()
+        );
+    }
+    let report = manager.run(&mut model.graph, &mut cx)?;
+    qforge_ir::save(&model, &a.output, &ExportOptions::default())
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    if let Some(path) = &a.report {
+        write_report(path, &report, &a)?;
+    }
+    if !a.quiet {
+        println!("{report}");
+        println!("wrote {} ({} nodes)", a.output.display(), model.graph.node_count());
+    }
+    Ok(())
+}
+
+fn write_report(path: &Path, r: &RunReport, a: &RunArgs) -> Result<()> {
+    let runs: Vec<serde_json::Value> = r
+        .runs
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "index": p.index,
+                "pass": p.name,
+                "iteration": p.iteration,
+                "seconds": p.time.as_secs_f64(),
+                "nodes_before": p.nodes_before,
+                "nodes_after": p.nodes_after,
+                "changed": p.report.changed,
+                "counters": p.report.counters.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                "notes": p.report.notes,
+                "max_rel_err": p.numerics.as_ref().map(|n| n.1),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "input": a.input,
+        "output": a.output,
+        "runs": runs,
+        "warnings": r.warnings,
+        "stopped_early": r.stopped_early,
+        "seconds": r.total.as_secs_f64(),
+        "end_to_end_max_rel_err": r.end_to_end.as_ref().map(|e| e.1),
+    });
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

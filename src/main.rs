@@ -1,0 +1,7 @@
+//! The `qforge` command.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    qforge::cli::main()
+}
