@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod builtin;
+pub mod calibrate;
 mod context;
 mod manager;
 mod numerics;

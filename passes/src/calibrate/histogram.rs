@@ -1,0 +1,1 @@
+//! Streaming histograms of |x| and the amax methods (being written).
