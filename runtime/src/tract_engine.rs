@@ -25,11 +25,9 @@ pub struct TractSession {
     outputs: Vec<String>,
 }
 
-fn engine_err(e: impl std::fmt::Display + std::fmt::Debug) -> RuntimeError {
-    // `{:#}` would drop tract's context chain; `{:?}` of anyhow shows it.
-    let msg = format!("{e:?}");
-    let msg = msg.lines().filter(|l| !l.trim().is_empty()).take(12).collect::<Vec<_>>().join("\n  ");
-    RuntimeError::Engine { engine: "tract", message: msg }
+fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
+    // `{:#}` prints anyhow's whole context chain on one line, without backtraces.
+    RuntimeError::Engine { engine: "tract", message: format!("{e:#}") }
 }
 
 fn datum(dt: DataType) -> Result<DatumType, RuntimeError> {
@@ -106,6 +104,10 @@ fn from_tract(name: &str, t: &Tensor) -> Result<HostTensor, RuntimeError> {
         Data::F64(plain::<f64>(t)?)
     } else if dt == i64::datum_type() {
         Data::I64(plain::<i64>(t)?)
+    } else if dt == TDim::datum_type() {
+        // Shape arithmetic comes back symbolic-typed but concrete.
+        let c = t.cast_to_dt(i64::datum_type()).map_err(engine_err)?;
+        Data::I64(plain::<i64>(&c)?)
     } else if dt == i32::datum_type() {
         Data::I32(plain::<i32>(t)?)
     } else if dt == bool::datum_type() {

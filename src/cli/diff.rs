@@ -94,17 +94,27 @@ pub fn run(a: DiffArgs) -> Result<()> {
     let i_added = ib.keys().filter(|k| !ia.contains_key(*k)).count();
     let i_changed = ia.iter().filter(|(k, d)| ib.get(*k).is_some_and(|e| e != *d)).count();
     println!("initializers: {i_removed} removed, {i_added} added, {i_changed} changed data");
-    let sig = |g: &Graph| -> Vec<String> {
+    let sig = |g: &Graph| -> Vec<(String, Option<qforge_ir::TypeInfo>)> {
         g.runtime_inputs()
             .iter()
             .chain(g.outputs().iter().map(|p| &p.value))
-            .map(|&v| {
-                format!("{}: {}", g.value_name(v), g.type_info(v).map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
-            })
+            .map(|&v| (g.value_name(v).to_string(), g.type_info(v)))
             .collect()
     };
-    if sig(ga) != sig(gb) {
-        println!("interface changed:\n  - {}\n  + {}", sig(ga).join(", "), sig(gb).join(", "));
+    let (sa, sb) = (sig(ga), sig(gb));
+    let show_sig = |s: &[(String, Option<qforge_ir::TypeInfo>)]| -> String {
+        s.iter()
+            .map(|(n, t)| format!("{n}: {}", t.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // An unknown type on one side is a refinement (shape inference), not a change.
+    let conflict = sa.len() != sb.len()
+        || sa.iter().zip(&sb).any(|((na, ta), (nb, tb))| na != nb || matches!((ta, tb), (Some(x), Some(y)) if x != y));
+    if conflict {
+        println!("interface changed:\n  - {}\n  + {}", show_sig(&sa), show_sig(&sb));
+    } else if sa != sb {
+        println!("interface: unchanged (types refined: {})", show_sig(&sb));
     } else {
         println!("interface: unchanged");
     }

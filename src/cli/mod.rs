@@ -54,14 +54,26 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                let s = cause.to_string();
-                if !e.to_string().contains(&s) {
-                    eprintln!("  caused by: {s}");
-                }
-            }
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a prefix (such as
+/// the file name) that an outer context already printed.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if msg.contains(&c) {
+            continue;
+        }
+        let c = match c.split_once(": ") {
+            Some((head, rest)) if msg.contains(head) => rest.to_string(),
+            _ => c,
+        };
+        msg = format!("{msg}: {c}");
+    }
+    msg.replace('\n', " ")
 }

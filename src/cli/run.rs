@@ -120,6 +120,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("output {} is the input file; pass --force to overwrite it", a.output.display());
     }
     let mut model = qforge_ir::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    // Check the input before any pass runs, so a broken model is reported as
+    // such and not as a failure of the first pass. Node order is exempt:
+    // `topo-sort` repairs it.
+    let problems: Vec<String> = qforge_ir::verify::check(&model.graph)
+        .into_iter()
+        .filter(|v| v.rule != "order")
+        .map(|v| v.to_string())
+        .collect();
+    if !problems.is_empty() {
+        bail!("{}: the input model is invalid: {}", a.input.display(), problems.join("; "));
+    }
     let mut cx = PassContext {
         model_dir: model.dir.clone(),
         output_path: Some(a.output.clone()),

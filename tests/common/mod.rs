@@ -1,0 +1,75 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `assets/` (or `$QFORGE_ASSETS`), where `cargo xtask assets` puts models and photos.
+pub fn assets() -> PathBuf {
+    std::env::var_os("QFORGE_ASSETS").map(PathBuf::from).unwrap_or_else(|| root().join("assets"))
+}
+
+/// A real model from the assets, or `None` after printing a loud SKIP line.
+pub fn model(name: &str) -> Option<PathBuf> {
+    let p = assets().join("models").join(name);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` to fetch the real models ***\n", p.display());
+        None
+    }
+}
+
+/// The photo folder, or `None` after a loud SKIP line.
+pub fn photos() -> Option<PathBuf> {
+    let p = assets().join("photos");
+    if p.is_dir() && std::fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        Some(p)
+    } else {
+        eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` ***\n", p.display());
+        None
+    }
+}
+
+/// True when `python3 -c "import onnxruntime, numpy, PIL"` works; else a loud SKIP line.
+pub fn python_ort() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import onnxruntime, numpy, PIL"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!(
+            "\n*** SKIP: python3 with onnxruntime, numpy and pillow is not available (pip install onnxruntime numpy pillow) ***\n"
+        );
+    }
+    ok
+}
+
+/// Runs `tests/py/ort_compare.py` and returns its JSON report.
+pub fn ort_compare(a: &Path, b: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(root().join("tests/py/ort_compare.py"))
+        .arg(a)
+        .arg(b)
+        .args(extra)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "ort_compare failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ort_compare prints JSON")
+}
+
+/// The qforge binary under test.
+pub fn qforge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qforge"))
+}
+
+/// A fresh temporary folder.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}

@@ -1,0 +1,119 @@
+//! The fold pipeline on real detectors (from `cargo xtask assets`): what the
+//! issue promises — no BatchNormalization or Identity left, nearest Resize
+//! turned into ConvTranspose — and outputs that match the input model on
+//! real photos in ONNX Runtime. Each test skips loudly when its model is
+//! missing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn ops(path: &Path) -> BTreeMap<String, usize> {
+    let m = qforge_ir::load(path).unwrap();
+    let mut h = BTreeMap::new();
+    for n in m.graph.nodes() {
+        *h.entry(m.graph.node(n).op_type().to_string()).or_insert(0) += 1;
+    }
+    h
+}
+
+fn count(h: &BTreeMap<String, usize>, op: &str) -> usize {
+    h.get(op).copied().unwrap_or(0)
+}
+
+/// Runs `qforge run fold --check-numerics`, returns (stdout, output path).
+fn fold(model: &Path, dir: &Path, extra: &[&str]) -> (String, std::path::PathBuf) {
+    let out = dir.join("out.onnx");
+    let o = common::qforge()
+        .args(["run", "fold", "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "fold failed:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    (stdout, out)
+}
+
+fn ort_on_photos(a: &Path, b: &Path, extra: &[&str]) {
+    if !common::python_ort() {
+        return;
+    }
+    let Some(photos) = common::photos() else { return };
+    let mut args = vec!["--images", photos.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = common::ort_compare(a, b, &args);
+    assert!(r["runs"].as_u64().unwrap() >= 5, "{r}");
+    let rel = r["max_rel"].as_f64().unwrap();
+    assert!(rel <= 1e-4, "ONNX Runtime outputs differ by {rel:e} relative on real photos: {r}");
+    eprintln!("{}: max relative difference on {} photos in ONNX Runtime: {rel:.2e}", b.display(), r["runs"]);
+}
+
+#[test]
+fn yolov5n_folds_exactly() {
+    let Some(m) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let dir = common::tempdir();
+    let before = ops(&m);
+    assert_eq!(count(&before, "BatchNormalization"), 57);
+    let (stdout, out) = fold(&m, dir.path(), &[]);
+    let after = ops(&out);
+    assert_eq!(count(&after, "BatchNormalization"), 0, "{stdout}");
+    assert_eq!(count(&after, "Identity"), 0);
+    assert_eq!(count(&after, "Resize"), 0);
+    assert_eq!(count(&after, "ConvTranspose"), 2);
+    assert_eq!(count(&after, "Conv"), count(&before, "Conv"));
+    // The statistics table says what each pass did.
+    for line in ["eliminate-identity", "removed 213", "fold-batchnorm", "folded 57", "rewritten 2"] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    ort_on_photos(&m, &out, &[]);
+}
+
+#[test]
+fn picodet_folds_all_94_batchnorms() {
+    let Some(m) = common::model("picodet-layout-cdla.onnx") else { return };
+    let dir = common::tempdir();
+    assert_eq!(count(&ops(&m), "BatchNormalization"), 94);
+    let (stdout, out) = fold(&m, dir.path(), &[]);
+    let after = ops(&out);
+    assert_eq!(count(&after, "BatchNormalization"), 0, "{stdout}");
+    assert_eq!(count(&after, "Resize"), 0);
+    assert_eq!(count(&after, "ConvTranspose"), 2);
+    ort_on_photos(&m, &out, &[]);
+}
+
+#[test]
+fn nudenet_dynamic_input_is_refused_clearly_then_handled() {
+    let Some(m) = common::model("nudenet-320n.onnx") else { return };
+    let dir = common::tempdir();
+    let out = dir.path().join("o.onnx");
+    let o = common::qforge()
+        .args(["run", "fold", "-i", m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("input \"images\" has dynamic dims [batch,3,height,width]")
+            && err.contains("--input-shape images="),
+        "{err}"
+    );
+    let (_, out) = fold(&m, dir.path(), &["--input-shape", "images=1,3,320,320"]);
+    let after = ops(&out);
+    assert_eq!(count(&after, "Resize"), 0);
+    assert_eq!(count(&after, "ConvTranspose"), 2);
+    ort_on_photos(&m, &out, &["--input-shape", "1,3,320,320"]);
+}
+
+#[test]
+fn ppocr_folds_conv_batchnorms_and_upsamples() {
+    let Some(m) = common::model("ppocrv4-det.onnx") else { return };
+    let dir = common::tempdir();
+    let (stdout, out) = fold(&m, dir.path(), &["--input-shape", "x=1,3,320,320"]);
+    let after = ops(&out);
+    // Two BNs follow Convs; the third follows an Add (PaddlePaddle's separate
+    // ConvTranspose bias) and is not a fold candidate.
+    assert_eq!(count(&after, "BatchNormalization"), 1, "{stdout}");
+    assert_eq!(count(&after, "Resize"), 0);
+    ort_on_photos(&m, &out, &["--input-shape", "1,3,320,320"]);
+}
