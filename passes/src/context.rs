@@ -20,6 +20,8 @@ pub struct PassContext {
     pub quiet: bool,
     /// Seed of everything random.
     pub seed: u64,
+    /// Activation and weight ranges from `calibrate` / `load-calibration`.
+    pub calibration: Option<crate::calibrate::table::CalibrationTable>,
 }
 
 /// How close a pass's output must be numerically to its input.

@@ -20,6 +20,7 @@ mod context;
 mod manager;
 mod numerics;
 mod pipeline;
+pub mod qdq_rules;
 mod registry;
 pub mod util;
 

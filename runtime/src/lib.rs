@@ -8,12 +8,14 @@
 
 #![deny(missing_docs)]
 
+pub mod data;
 mod host;
 mod random;
 mod tract_engine;
 
 use std::collections::BTreeMap;
 
+pub use data::{DataError, Dataset, PadPosition, Preprocess, Source, write_npy};
 pub use host::{Data, HostTensor};
 pub use random::random_inputs;
 pub use tract_engine::TractSession;

@@ -20,6 +20,11 @@ pub struct RunArgs {
     /// Output ONNX model (written atomically; external data goes to OUTPUT.data).
     #[arg(short, long)]
     output: PathBuf,
+    /// Calibration data for the pipeline's `calibrate` pass: a folder of
+    /// photos, or `.npy` tensors (file or folder). Same as
+    /// --set calibrate.data.images=PATH (or data.npy).
+    #[arg(long, value_name = "PATH")]
+    calib: Option<PathBuf>,
     /// Override an option: PASS.OPTION=VALUE (VALUE is YAML). Repeatable.
     #[arg(long = "set", value_name = "PASS.OPTION=VALUE")]
     set: Vec<String>,
@@ -93,6 +98,17 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Runs the command.
 pub fn run(a: RunArgs) -> Result<()> {
     let mut pipeline = load_pipeline(&a.pipeline)?;
+    if let Some(c) = &a.calib {
+        let npy = c.extension().is_some_and(|e| e == "npy")
+            || (c.is_dir()
+                && std::fs::read_dir(c)?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "npy")));
+        let p = c.display().to_string();
+        let (set, clear) = if npy { ("npy", "images") } else { ("images", "npy") };
+        pipeline
+            .set(&format!("calibrate.data.{set}={}", serde_json::to_string(&p)?))
+            .context("--calib needs a pipeline with a `calibrate` pass")?;
+        pipeline.set(&format!("calibrate.data.{clear}="))?;
+    }
     for s in &a.set {
         pipeline.set(s)?;
     }
@@ -137,6 +153,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         input_shapes,
         quiet: a.quiet,
         seed: a.seed,
+        ..Default::default()
     };
     if !a.quiet {
         eprintln!(

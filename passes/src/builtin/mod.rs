@@ -6,6 +6,7 @@ pub mod eliminate_identity;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod infer_shapes;
+pub mod load_calibration;
 pub mod resize_to_conv_transpose;
 pub mod topo_sort;
 

@@ -1,1 +1,945 @@
-//! Streaming histograms of |x| and the amax methods (being written).
+//! Streaming histograms of |x| and the four amax methods of INT8 calibration.
+//!
+//! # Why a streaming histogram
+//!
+//! Calibration sees every activation of every calibration image: tens of
+//! millions of floats per tensor. Storing them would make memory grow with
+//! the calibration set; a [`Histogram`] keeps only a fixed set of bins per
+//! tensor (2048 `f64` by default, 16 KiB), so memory stays flat however many
+//! images are run, and each batch is folded in and dropped.
+//!
+//! # NVIDIA compatibility
+//!
+//! Bins and methods follow NVIDIA's pytorch-quantization `HistogramCalibrator`
+//! (its default `torch_hist` path) so that an amax computed here is the one a
+//! TensorRT user gets from that tool for the same data:
+//!
+//! - the first non-empty batch fixes the range `[0, max|x|]` split into
+//!   `num_bins` equal bins; a later batch with a larger max appends bins of
+//!   the *same* width until it is covered (`ceil(max / width)` bins), so
+//!   widths never change and earlier counts never move;
+//! - bin `k` is `[k·w, (k+1)·w)`, the last bin is closed (the max goes there);
+//! - [`Method::Percentile`], [`Method::Mse`] and [`Method::Entropy`]
+//!   reproduce `_compute_amax_percentile`, `_compute_amax_mse` and
+//!   `_compute_amax_entropy` (TensorRT's KL search: 128 levels, candidates from
+//!   bin 128); [`compute_amax`] documents each convention exactly.
+//!
+//! Deliberate differences (only the percentile one changes results on
+//! ordinary data, and there NVIDIA's answer is a rounding artifact):
+//!
+//! - the exact max |x| is kept besides the bins ([`Method::Max`] returns it,
+//!   not a bin edge); NaN and ±Inf are counted apart and never binned;
+//! - a batch that is all zeros before any non-zero value (NVIDIA would build
+//!   zero-width bins) is only counted; the range waits for the first non-zero
+//!   max and the deferred zeros then go into bin 0;
+//! - growth beyond [`MAX_BINS`] bins (a range that grew 32× after the first
+//!   batch, where NVIDIA would allocate without bound) doubles the width,
+//!   merging pairs of bins exactly, until the bins fit;
+//! - the percentile's cdf test has a 1e-12 relative tolerance (see
+//!   [`compute_amax`]): numpy's `cumsum(hist / total)` can miss the bin that
+//!   holds exactly p % of the values when `p / 100 · total` is a whole count;
+//! - where NVIDIA fails or returns NaN (MSE / entropy with too few bins, an
+//!   all-zero `Q`), the max or `+∞` KL is used instead, as documented there;
+//! - counts are `f64` (so [`Histogram::merge`] can split a bin between two
+//!   targets; NVIDIA truncates its float counts to int) and the searches run in
+//!   `f64` where NVIDIA's MSE runs in `f32` and scipy sums pairwise, so a
+//!   near-tie between two candidates may resolve differently.
+
+/// Default number of bins (NVIDIA's and TensorRT's 2048).
+pub const DEFAULT_NUM_BINS: usize = 2048;
+
+/// Default percentile of [`Method::Percentile`] (NVIDIA's 99.99).
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+
+/// First candidate bin of the MSE and entropy searches (NVIDIA's `start_bin`).
+pub const START_BIN: usize = 128;
+
+/// Upper bound on the number of bins (512 KiB of counts): see the module doc.
+pub const MAX_BINS: usize = 1 << 16;
+
+/// Quantized levels of one sign of signed INT8 (`2^(8-1)`), the KL target.
+const LEVELS: usize = 128;
+
+/// Largest quantized magnitude of symmetric INT8.
+const QMAX: f64 = 127.0;
+
+/// A growing histogram of |x| with the exact max and non-finite counts.
+///
+/// Bin `k` covers `[k·w, (k+1)·w)` with `w` = [`Histogram::bin_width`]; values
+/// at or past the upper edge of the last bin land in the last bin (that is,
+/// the last bin when they are added: the first batch's max stays in bin
+/// `num_bins - 1` after the range grows, as in NVIDIA's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Bins created by the first non-zero batch.
+    initial_bins: usize,
+    /// Counts per bin; empty until the range is known.
+    counts: Vec<f64>,
+    /// Bin width (0 until the range is known).
+    width: f64,
+    /// `1 / width`, precomputed for binning.
+    inv_width: f64,
+    /// Exact max |x| over finite values.
+    max_abs: f32,
+    /// Zeros seen before the range was known.
+    pending_zeros: f64,
+    /// Finite values seen (binned or pending).
+    total: f64,
+    /// NaNs seen.
+    nan: u64,
+    /// +Inf and -Inf seen.
+    inf: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(DEFAULT_NUM_BINS)
+    }
+}
+
+impl Histogram {
+    /// An empty histogram whose first non-zero batch is split into `num_bins`
+    /// bins (clamped to `1..=MAX_BINS`).
+    pub fn new(num_bins: usize) -> Self {
+        Self {
+            initial_bins: num_bins.clamp(1, MAX_BINS),
+            counts: Vec::new(),
+            width: 0.0,
+            inv_width: 0.0,
+            max_abs: 0.0,
+            pending_zeros: 0.0,
+            total: 0.0,
+            nan: 0,
+            inf: 0,
+        }
+    }
+
+    /// Folds a batch in: one pass for the max and non-finite check, one pass
+    /// to bin (a third one only counts NaN/Inf apart when there are some).
+    pub fn add(&mut self, xs: &[f32]) {
+        let (max_bits, non_finite) = scan(xs);
+        if non_finite > 0 {
+            for x in xs {
+                if x.is_nan() {
+                    self.nan += 1;
+                } else if x.is_infinite() {
+                    self.inf += 1;
+                }
+            }
+        }
+        let finite = xs.len() - non_finite;
+        if finite == 0 {
+            return;
+        }
+        let batch_max = f32::from_bits(max_bits);
+        self.max_abs = self.max_abs.max(batch_max);
+        self.total += finite as f64;
+        if self.counts.is_empty() {
+            if batch_max == 0.0 {
+                self.pending_zeros += finite as f64;
+                return;
+            }
+            self.width = f64::from(batch_max) / self.initial_bins as f64;
+            self.inv_width = self.initial_bins as f64 / f64::from(batch_max);
+            self.counts = vec![0.0; self.initial_bins];
+            self.counts[0] = std::mem::take(&mut self.pending_zeros);
+        } else {
+            self.grow_to_cover(f64::from(batch_max));
+        }
+        bin_into(&mut self.counts, self.inv_width, xs, non_finite == 0);
+    }
+
+    /// Combines `other` into `self`, e.g. to give tensors that must share a
+    /// scale (Concat inputs) one histogram.
+    ///
+    /// The result has the larger of the two widths and enough bins for both
+    /// maxima (and at least as many as the histogram whose width it keeps);
+    /// each source bin's count is split over the target bins it overlaps in
+    /// proportion to the overlap (a histogram that already has the target
+    /// width is copied unchanged). Max, totals and NaN/Inf counts combine.
+    pub fn merge(&mut self, other: &Histogram) {
+        self.nan += other.nan;
+        self.inf += other.inf;
+        self.total += other.total;
+        self.max_abs = self.max_abs.max(other.max_abs);
+        if other.counts.is_empty() {
+            match self.counts.first_mut() {
+                Some(bin0) => *bin0 += other.pending_zeros,
+                None => self.pending_zeros += other.pending_zeros,
+            }
+            return;
+        }
+        if self.counts.is_empty() {
+            let zeros = std::mem::take(&mut self.pending_zeros);
+            self.counts.clone_from(&other.counts);
+            self.counts[0] += zeros;
+            self.width = other.width;
+            self.inv_width = other.inv_width;
+            return;
+        }
+        let (width, inv_width) =
+            if other.width > self.width { (other.width, other.inv_width) } else { (self.width, self.inv_width) };
+        let mut n = bins_to_cover(f64::from(self.max_abs), inv_width);
+        for h in [&*self, other] {
+            if h.width == width {
+                n = n.max(h.counts.len());
+            }
+        }
+        let mut target = vec![0.0; n.min(MAX_BINS)];
+        rebin_into(&self.counts, self.width, &mut target, width, inv_width);
+        rebin_into(&other.counts, other.width, &mut target, width, inv_width);
+        self.counts = target;
+        self.width = width;
+        self.inv_width = inv_width;
+    }
+
+    /// Exact max |x| over the finite values seen (0 when none).
+    pub fn max_abs(&self) -> f32 {
+        self.max_abs
+    }
+
+    /// Counts per bin (empty while no non-zero finite value was seen).
+    pub fn counts(&self) -> &[f64] {
+        &self.counts
+    }
+
+    /// Bin width, or `None` while no non-zero finite value was seen.
+    pub fn bin_width(&self) -> Option<f64> {
+        (!self.counts.is_empty()).then_some(self.width)
+    }
+
+    /// Lower edge of bin `k` (`k · width`; `bin_edge(num_bins)` is the upper
+    /// edge of the last bin). 0 while the range is unknown.
+    pub fn bin_edge(&self, k: usize) -> f64 {
+        k as f64 * self.width
+    }
+
+    /// Number of finite values seen, zeros waiting for a range included.
+    pub fn total(&self) -> f64 {
+        self.total
+    }
+
+    /// Number of NaN values seen (never binned).
+    pub fn nan_count(&self) -> u64 {
+        self.nan
+    }
+
+    /// Number of +Inf and -Inf values seen (never binned).
+    pub fn inf_count(&self) -> u64 {
+        self.inf
+    }
+
+    /// True when no finite value was seen.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0.0
+    }
+
+    /// Appends bins of the current width until `value` is covered.
+    fn grow_to_cover(&mut self, value: f64) {
+        let mut needed = bins_to_cover(value, self.inv_width);
+        if needed <= self.counts.len() {
+            return;
+        }
+        if needed > MAX_BINS {
+            // Double the width (exact in binary) until everything fits.
+            let mut shift = 1;
+            while needed.div_ceil(1usize << shift) > MAX_BINS && shift < 62 {
+                shift += 1;
+            }
+            let mut coarse = vec![0.0; self.counts.len().div_ceil(1usize << shift)];
+            for (k, &c) in self.counts.iter().enumerate() {
+                coarse[k >> shift] += c;
+            }
+            self.counts = coarse;
+            let factor = 2f64.powi(shift);
+            self.width *= factor;
+            self.inv_width /= factor;
+            needed = bins_to_cover(value, self.inv_width).min(MAX_BINS);
+        }
+        self.counts.resize(needed.max(self.counts.len()), 0.0);
+    }
+}
+
+/// Max of the finite |x| as bits (non-negative floats order like their bits)
+/// and the number of non-finite values; branch-free so it vectorizes.
+fn scan(xs: &[f32]) -> (u32, usize) {
+    const INF_BITS: u32 = 0x7f80_0000;
+    let mut max_bits = 0u32;
+    let mut non_finite = 0usize;
+    for x in xs {
+        let bits = x.to_bits() & 0x7fff_ffff;
+        let finite = bits < INF_BITS;
+        max_bits = max_bits.max(if finite { bits } else { 0 });
+        non_finite += usize::from(!finite);
+    }
+    (max_bits, non_finite)
+}
+
+/// Adds one to the bin of every finite |x| (bin = floor(|x| / w), clamped).
+fn bin_into(counts: &mut [f64], inv_width: f64, xs: &[f32], all_finite: bool) {
+    let Some(last) = counts.len().checked_sub(1) else { return };
+    if all_finite {
+        for x in xs {
+            let k = (f64::from(x.abs()) * inv_width) as usize;
+            counts[k.min(last)] += 1.0;
+        }
+    } else {
+        for x in xs.iter().filter(|x| x.is_finite()) {
+            let k = (f64::from(x.abs()) * inv_width) as usize;
+            counts[k.min(last)] += 1.0;
+        }
+    }
+}
+
+/// Number of bins of width `1 / inv_width` needed so `value` is covered.
+///
+/// A value within 1e-9 bin above an edge counts as on it, which absorbs the
+/// rounding of `max · (n / max)` so the first batch's max keeps `n` bins.
+fn bins_to_cover(value: f64, inv_width: f64) -> usize {
+    let x = value * inv_width - 1e-9;
+    if x <= 1.0 { 1 } else { x.ceil() as usize }
+}
+
+/// Adds `src` (bins of width `src_width`) into `dst` (bins of `1 / dst_inv`),
+/// splitting each source bin over the targets it overlaps by overlap length;
+/// anything past the last target bin goes into it. Mass is conserved exactly.
+fn rebin_into(src: &[f64], src_width: f64, dst: &mut [f64], dst_width: f64, dst_inv: f64) {
+    let Some(last) = dst.len().checked_sub(1) else { return };
+    if src_width == dst_width {
+        for (k, &c) in src.iter().enumerate() {
+            dst[k.min(last)] += c;
+        }
+        return;
+    }
+    for (j, &c) in src.iter().enumerate() {
+        if c == 0.0 {
+            continue;
+        }
+        let lo = j as f64 * src_width;
+        let hi = (j + 1) as f64 * src_width;
+        let t0 = ((lo * dst_inv) as usize).min(last);
+        let t1 = ((hi * dst_inv) as usize).min(last);
+        let mut given = 0.0;
+        for (t, d) in dst.iter_mut().enumerate().take(t1).skip(t0) {
+            let overlap = (((t + 1) as f64 * dst_width).min(hi) - lo.max(t as f64 * dst_width)).max(0.0);
+            let share = c * overlap / (hi - lo);
+            *d += share;
+            given += share;
+        }
+        dst[t1] += c - given;
+    }
+}
+
+/// How [`compute_amax`] turns a histogram into an amax.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// The exact max |x|.
+    Max,
+    /// A percentile of |x| in percent ([`DEFAULT_PERCENTILE`] = 99.99),
+    /// clamped to `0..=100` (NaN acts as 100).
+    Percentile(f64),
+    /// The amax minimizing the quantization MSE of the bin centers.
+    Mse,
+    /// TensorRT's entropy (KL divergence) calibration.
+    Entropy,
+}
+
+/// The amax of `hist` by `method`, as NVIDIA's `HistogramCalibrator` computes it.
+///
+/// A histogram with no non-zero finite value gives 0.0 for every method
+/// (callers decide what to do with such a tensor). Edges are `edges[k] = k·w`.
+///
+/// - `Max`: [`Histogram::max_abs`], exact.
+/// - `Percentile(p)`: with `k` the first bin where the cumulative count
+///   reaches `p / 100 · total`, the amax is `edges[k]`, the **lower** edge of
+///   that bin (NVIDIA's `calib_bin_edges[searchsorted(cdf, p / 100)]`). The
+///   comparison allows a relative 1e-12, where numpy's `cumsum(hist / total)`
+///   can end a rounding error short of exactly `p` % and skip to the next
+///   non-empty bin (on 100k samples, where `p / 100 · total` is a whole
+///   count, that moved the 99.99 % amax 3 to 54 bins too far).
+/// - `Mse`: candidates are the bin **centers** `c_i = (i + ½)·w` for
+///   `i in 128..num_bins`; each is scored by `Σ_k count_k · (q(c_k) − c_k)²`
+///   with `q(x) = min(round_half_even(x·127/c_i), 127) · c_i/127`; the first
+///   minimum wins. Fewer than 129 bins: the max.
+/// - `Entropy` (TensorRT's KL search): bin 0 first takes bin 1's
+///   count (NVIDIA's `bins[0] = bins[1]`, which stops the zero spike of ReLU
+///   outputs from dominating). For each `i in 128..=num_bins`: `P` = bins
+///   `0..i` with the counts of bins `i..` added to `P[i-1]`; `Q`: bin `k < i`
+///   belongs to level `floor(128·k / i)` (exactly `digitize(k,
+///   linspace(0, i, 129)) - 1`), bins with count 0 are left out, each
+///   non-zero bin gets its level's total over its level's non-zero bins;
+///   `KL = Σ_{P>0} p·ln(p/q)` after normalizing both (scipy's `entropy`), `+∞`
+///   if some `p > 0` meets `q = 0` (the last bin is empty but outliers exist)
+///   or if `Q` is all zero. The **last** minimum wins (NVIDIA's
+///   `last_argmin`) and the amax is `edges[i]`, the upper edge of bin `i-1`.
+///   Fewer than 128 bins: the max.
+pub fn compute_amax(hist: &Histogram, method: Method) -> f32 {
+    if hist.counts.is_empty() {
+        return 0.0;
+    }
+    match method {
+        Method::Max => hist.max_abs,
+        Method::Percentile(p) => hist.bin_edge(percentile_bin(&hist.counts, p)) as f32,
+        Method::Mse => match mse_bin(&hist.counts) {
+            Some(i) => ((i as f64 + 0.5) * hist.width) as f32,
+            None => hist.max_abs,
+        },
+        Method::Entropy => match entropy_bin(&hist.counts) {
+            Some(i) => hist.bin_edge(i) as f32,
+            None => hist.max_abs,
+        },
+    }
+}
+
+/// Index of the first bin where the cdf reaches `p` percent (`len` if none).
+fn percentile_bin(counts: &[f64], p: f64) -> usize {
+    let q = if p.is_nan() { 1.0 } else { p.clamp(0.0, 100.0) / 100.0 };
+    let total: f64 = counts.iter().sum();
+    let target = q * total - 1e-12 * total;
+    let mut cumulative = 0.0;
+    for (k, &c) in counts.iter().enumerate() {
+        cumulative += c;
+        if cumulative >= target {
+            return k;
+        }
+    }
+    counts.len()
+}
+
+/// Bin whose center minimizes the histogram's quantization error, if any
+/// candidate exists.
+fn mse_bin(counts: &[f64]) -> Option<usize> {
+    // Scores do not depend on the width: work in units of one bin.
+    let mut best: Option<(f64, usize)> = None;
+    for i in START_BIN..counts.len() {
+        let amax = i as f64 + 0.5;
+        let scale = QMAX / amax;
+        let mut err = 0.0;
+        for (k, &c) in counts.iter().enumerate() {
+            if c != 0.0 {
+                let x = k as f64 + 0.5;
+                let d = (x * scale).round_ties_even().min(QMAX) / scale - x;
+                err += c * d * d;
+            }
+        }
+        if best.is_none_or(|(e, _)| err < e) {
+            best = Some((err, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// The KL threshold `i` (amax = `edges[i]`), or `None` with < 128 bins.
+fn entropy_bin(counts: &[f64]) -> Option<usize> {
+    if counts.len() < START_BIN {
+        return None;
+    }
+    let mut bins = counts.to_vec();
+    bins[0] = bins[1];
+    let mut q = vec![0.0; bins.len()];
+    let (mut sums, mut nonzero) = (vec![0.0; LEVELS], vec![0u32; LEVELS]);
+    let mut best = (f64::INFINITY, bins.len());
+    for i in START_BIN..=bins.len() {
+        let (head, tail) = bins.split_at(i);
+        quantize_expand(head, &mut sums, &mut nonzero, &mut q[..i]);
+        let kl = kl_divergence(head, tail.iter().sum(), &q[..i]);
+        if kl <= best.0 {
+            best = (kl, i);
+        }
+    }
+    Some(best.1)
+}
+
+/// TensorRT's `Q`: merges `bins` into `sums.len()` levels (bin `k` in level
+/// `floor(levels·k / n)`), leaving zero bins out, and expands back so each
+/// non-zero bin gets its level's total over its level's non-zero bins.
+fn quantize_expand(bins: &[f64], sums: &mut [f64], nonzero: &mut [u32], q: &mut [f64]) {
+    let (n, levels) = (bins.len(), sums.len());
+    sums.fill(0.0);
+    nonzero.fill(0);
+    for (k, &c) in bins.iter().enumerate() {
+        if c != 0.0 {
+            sums[k * levels / n] += c;
+            nonzero[k * levels / n] += 1;
+        }
+    }
+    for (k, (qk, &c)) in q.iter_mut().zip(bins).enumerate() {
+        let l = k * levels / n;
+        *qk = if c != 0.0 { sums[l] / f64::from(nonzero[l]) } else { 0.0 };
+    }
+}
+
+/// scipy's `entropy(P, Q)` where `P` is `head` with `outliers` added to its
+/// last bin; `+∞` where `p > 0` meets `q = 0` or when `Q` sums to 0.
+fn kl_divergence(head: &[f64], outliers: f64, q: &[f64]) -> f64 {
+    let last = head.len() - 1;
+    let p_at = |k: usize| if k == last { head[k] + outliers } else { head[k] };
+    let sum_p: f64 = (0..head.len()).map(p_at).sum();
+    let sum_q: f64 = q.iter().sum();
+    if sum_q == 0.0 || sum_p == 0.0 {
+        return f64::INFINITY;
+    }
+    let mut kl = 0.0;
+    for (k, &qk) in q.iter().enumerate() {
+        let pk = p_at(k) / sum_p;
+        if pk > 0.0 {
+            if qk == 0.0 {
+                return f64::INFINITY;
+            }
+            let qk = qk / sum_q;
+            kl += pk * (pk / qk).ln();
+        }
+    }
+    kl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SplitMix64: tiny, seeded, deterministic.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in the open interval (0, 1).
+        fn open01(&mut self) -> f64 {
+            ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        }
+
+        /// Box-Muller.
+        fn gaussian(&mut self) -> f64 {
+            let (u1, u2) = (self.open01(), self.open01());
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        }
+
+        /// Inverse CDF of Laplace(0, b).
+        fn laplace(&mut self, b: f64) -> f64 {
+            let u = self.open01() - 0.5;
+            -b * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+        }
+    }
+
+    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        (0..n).map(|_| rng.gaussian() as f32).collect()
+    }
+
+    /// Laplace(0, 1) with a few large outliers (like a detector head).
+    fn laplace_outliers(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let mut xs: Vec<f32> = (0..n).map(|_| rng.laplace(1.0) as f32).collect();
+        for (k, v) in [(7, 45.0), (n / 3, -60.0), (n / 2, 38.5), (n - 2, 52.25)] {
+            xs[k] = v;
+        }
+        xs
+    }
+
+    /// ReLU output: half exact zeros.
+    fn relu(n: usize, seed: u64) -> Vec<f32> {
+        gaussian(n, seed).into_iter().map(|x| x.max(0.0)).collect()
+    }
+
+    fn hist_of(xs: &[f32]) -> Histogram {
+        let mut h = Histogram::default();
+        h.add(xs);
+        h
+    }
+
+    fn true_max(xs: &[f32]) -> f32 {
+        xs.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+    }
+
+    /// numpy's `np.percentile(|x|, p)` with the default 'linear' method.
+    fn np_percentile(xs: &[f32], p: f64) -> f64 {
+        let mut a: Vec<f64> = xs.iter().map(|x| f64::from(x.abs())).collect();
+        a.sort_by(f64::total_cmp);
+        let h = (a.len() - 1) as f64 * p / 100.0;
+        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+        a[lo] + (h - lo as f64) * (a[hi] - a[lo])
+    }
+
+    /// NVIDIA's `_compute_amax_entropy` on `np.histogram(|x|, 2048, range=(0, max))`,
+    /// written out with plain loops and nothing shared with the code under test.
+    /// Returns the threshold bin `i` (amax = edges[i]).
+    fn reference_entropy_bin(xs: &[f32]) -> usize {
+        let amax = xs.iter().map(|x| f64::from(x.abs())).fold(0.0, f64::max);
+        let nb = 2048;
+        let mut hist = vec![0.0f64; nb];
+        for x in xs {
+            let mut k = (f64::from(x.abs()) / (amax / nb as f64)).floor() as usize;
+            if k >= nb {
+                k = nb - 1;
+            }
+            hist[k] += 1.0;
+        }
+        hist[0] = hist[1];
+        let levels = 128;
+        let (mut best_kl, mut best_i) = (f64::INFINITY, 0);
+        for i in 128..=nb {
+            // space = np.linspace(0, i, 129); digitized = np.digitize(range(i), space) - 1
+            let space: Vec<f64> = (0..=levels).map(|m| m as f64 * (i as f64 / levels as f64)).collect();
+            let mut digit = vec![-1i64; i];
+            let mut m = 0;
+            for (k, d) in digit.iter_mut().enumerate() {
+                while m < space.len() && space[m] <= k as f64 {
+                    m += 1;
+                }
+                if hist[k] != 0.0 {
+                    *d = m as i64 - 1;
+                }
+            }
+            let mut density = vec![0.0f64; levels];
+            let mut counter = vec![0usize; levels];
+            for k in 0..i {
+                if digit[k] >= 0 {
+                    density[digit[k] as usize] += hist[k];
+                    counter[digit[k] as usize] += 1;
+                }
+            }
+            for l in 0..levels {
+                if counter[l] > 0 {
+                    density[l] /= counter[l] as f64;
+                }
+            }
+            let mut q = vec![0.0f64; i];
+            for k in 0..i {
+                if digit[k] >= 0 {
+                    q[k] = density[digit[k] as usize];
+                }
+            }
+            let mut p = hist[..i].to_vec();
+            let mut outliers = 0.0;
+            for c in &hist[i..] {
+                outliers += c;
+            }
+            p[i - 1] += outliers;
+            // scipy.stats.entropy(p, q)
+            let sp: f64 = p.iter().sum();
+            let sq: f64 = q.iter().sum();
+            let mut kl = 0.0;
+            for k in 0..i {
+                let pk = p[k] / sp;
+                let qk = q[k] / sq;
+                if pk > 0.0 {
+                    if qk > 0.0 {
+                        kl += pk * (pk / qk).ln();
+                    } else {
+                        kl = f64::INFINITY;
+                    }
+                }
+            }
+            if kl <= best_kl {
+                best_kl = kl;
+                best_i = i;
+            }
+        }
+        best_i
+    }
+
+    /// Mean squared error of symmetric INT8 fake quantization of every sample.
+    fn sample_mse(xs: &[f32], amax: f64) -> f64 {
+        let scale = amax / 127.0;
+        let mut err = 0.0;
+        for x in xs {
+            let x = f64::from(*x);
+            let xq = (x / scale).round().clamp(-127.0, 127.0) * scale;
+            err += (xq - x) * (xq - x);
+        }
+        err / xs.len() as f64
+    }
+
+    /// Brute force over every sample: the edge k·w (k in 128..=n) with the
+    /// smallest [`sample_mse`], and that MSE.
+    fn brute_force_mse_amax(xs: &[f32], width: f64, n: usize) -> (f64, f64) {
+        let (mut best_err, mut best) = (f64::INFINITY, 0.0);
+        for k in 128..=n {
+            let amax = k as f64 * width;
+            let err = sample_mse(xs, amax);
+            if err < best_err {
+                best_err = err;
+                best = amax;
+            }
+        }
+        (best, best_err)
+    }
+
+    /// NVIDIA's `_compute_amax_mse` with plain loops: candidates are the bin
+    /// centers `(edges[i] + edges[i+1]) / 2` for i in 128..n, scored by
+    /// `Σ counts · (fake_quant(center) − center)²` (torch.round is half-even),
+    /// first minimum. Returns the amax.
+    fn reference_mse_amax(counts: &[f64], width: f64) -> f64 {
+        let edges: Vec<f64> = (0..=counts.len()).map(|k| k as f64 * width).collect();
+        let centers: Vec<f64> = (0..counts.len()).map(|k| (edges[k] + edges[k + 1]) / 2.0).collect();
+        let (mut best_err, mut best) = (f64::INFINITY, 0.0);
+        for &amax in &centers[128..] {
+            let scale = 127.0 / amax;
+            let mut err = 0.0;
+            for (c, n) in centers.iter().zip(counts) {
+                let q = (c * scale).round_ties_even().clamp(-127.0, 127.0) / scale;
+                err += (q - c) * (q - c) * n;
+            }
+            if err < best_err {
+                best_err = err;
+                best = amax;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn max_is_exact_over_batches_with_growth() {
+        let batches = [gaussian(5000, 1), laplace_outliers(5000, 2), relu(5000, 3), gaussian(10, 4)];
+        let mut h = Histogram::default();
+        let mut all = Vec::new();
+        for b in &batches {
+            h.add(b);
+            all.extend_from_slice(b);
+            assert_eq!(h.max_abs(), true_max(&all));
+            assert_eq!(compute_amax(&h, Method::Max), true_max(&all));
+        }
+        assert!(h.counts().len() > DEFAULT_NUM_BINS, "the Laplace outliers must have grown the range");
+        assert_eq!(h.total(), all.len() as f64);
+    }
+
+    #[test]
+    fn growth_keeps_width_and_counts_match_a_direct_count() {
+        let first = gaussian(20_000, 11);
+        let second: Vec<f32> = gaussian(20_000, 12).iter().map(|x| x * 2.5).collect();
+        let (m1, m2) = (true_max(&first), true_max(&second));
+        assert!(m2 > m1);
+        let mut h = Histogram::default();
+        h.add(&first);
+        h.add(&second);
+        let width = f64::from(m1) / 2048.0;
+        assert_eq!(h.bin_width(), Some(width));
+        let n = (f64::from(m2) / width).ceil() as usize;
+        assert_eq!(h.counts().len(), n);
+        // Values at or past the last edge go to the last bin *at the time*:
+        // the first batch's max stays in bin 2047.
+        let mut direct = vec![0.0; n];
+        for (batch, bins) in [(&first, 2048), (&second, n)] {
+            for x in batch {
+                direct[((f64::from(x.abs()) / width).floor() as usize).min(bins - 1)] += 1.0;
+            }
+        }
+        let mismatch = h.counts().iter().zip(&direct).position(|(a, b)| a != b);
+        assert_eq!(mismatch, None, "first differing bin");
+        // A batch inside the range does not grow it.
+        h.add(&[0.5 * m1, -m2]);
+        assert_eq!(h.counts().len(), n);
+        assert_eq!(h.max_abs(), m2);
+    }
+
+    #[test]
+    fn percentile_within_one_bin_of_numpy() {
+        let grown: Vec<f32> =
+            gaussian(50_000, 24).into_iter().chain(gaussian(50_000, 25).iter().map(|x| x * 2.0)).collect();
+        for xs in [gaussian(100_000, 21), laplace_outliers(100_000, 22), relu(100_000, 23), grown] {
+            let mut h = Histogram::default();
+            for chunk in xs.chunks(50_000) {
+                h.add(chunk);
+            }
+            let w = h.bin_width().unwrap();
+            for p in [50.0, 99.0, 99.9, DEFAULT_PERCENTILE] {
+                let amax = f64::from(compute_amax(&h, Method::Percentile(p)));
+                let reference = np_percentile(&xs, p);
+                assert!((amax - reference).abs() <= w, "p={p}: amax {amax} vs numpy {reference} (bin {w})");
+            }
+        }
+    }
+
+    #[test]
+    fn entropy_matches_reference_implementation() {
+        for xs in [gaussian(100_000, 31), laplace_outliers(100_000, 32), relu(100_000, 33)] {
+            let h = hist_of(&xs);
+            let expected = reference_entropy_bin(&xs);
+            assert_eq!(entropy_bin(h.counts()), Some(expected));
+            assert_eq!(compute_amax(&h, Method::Entropy), h.bin_edge(expected) as f32);
+        }
+    }
+
+    #[test]
+    fn quantize_expand_reproduces_the_seed_example() {
+        let p = [1.0, 0.0, 2.0, 3.0, 5.0, 3.0, 1.0, 7.0];
+        let (mut sums, mut nonzero, mut q) = (vec![0.0; 2], vec![0; 2], vec![0.0; 8]);
+        quantize_expand(&p, &mut sums, &mut nonzero, &mut q);
+        assert_eq!(q, [2.0, 0.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn mse_within_one_bin_of_brute_force_over_samples() {
+        let cases =
+            [("gaussian", gaussian(40_000, 41)), ("laplace", laplace_outliers(40_000, 42)), ("relu", relu(40_000, 43))];
+        for (name, xs) in cases {
+            let h = hist_of(&xs);
+            let w = h.bin_width().unwrap();
+            let amax = f64::from(compute_amax(&h, Method::Mse));
+            let (reference, best_mse) = brute_force_mse_amax(&xs, w, h.counts().len());
+            let excess = sample_mse(&xs, amax) / best_mse - 1.0;
+            assert!(excess < 1e-3, "{name}: MSE at {amax} is {excess:e} above the optimum at {reference}");
+            if name != "laplace" {
+                assert!((amax - reference).abs() <= w, "{name}: mse amax {amax} vs brute force {reference} (bin {w})");
+            }
+        }
+    }
+
+    #[test]
+    fn mse_matches_reference_over_bin_centers() {
+        for xs in [gaussian(100_000, 44), laplace_outliers(100_000, 45), relu(100_000, 46)] {
+            let h = hist_of(&xs);
+            let w = h.bin_width().unwrap();
+            let amax = f64::from(compute_amax(&h, Method::Mse));
+            let reference = reference_mse_amax(h.counts(), w);
+            assert!((amax - reference).abs() <= 1e-6 * reference, "mse amax {amax} vs reference {reference}");
+        }
+    }
+
+    #[test]
+    fn merge_of_two_halves_matches_one_histogram() {
+        let a = gaussian(50_000, 51);
+        let b: Vec<f32> = gaussian(50_000, 52).iter().map(|x| x * 3.0).collect();
+        let (ha, hb) = (hist_of(&a), hist_of(&b));
+        let mut single = hist_of(&a);
+        single.add(&b);
+        let mut ab = ha.clone();
+        ab.merge(&hb);
+        let mut ba = hb.clone();
+        ba.merge(&ha);
+        let wide = hb.bin_width().unwrap();
+        assert_eq!(ab.bin_width(), Some(wide));
+        for m in [&ab, &ba] {
+            assert_eq!(m.max_abs(), single.max_abs());
+            assert_eq!(m.total(), 100_000.0);
+            assert!((m.counts().iter().sum::<f64>() - 100_000.0).abs() < 1e-6);
+            for p in [99.0, 99.9, DEFAULT_PERCENTILE] {
+                let (merged, one) =
+                    (compute_amax(m, Method::Percentile(p)), compute_amax(&single, Method::Percentile(p)));
+                assert!(f64::from((merged - one).abs()) <= 2.0 * wide, "p={p}: merged {merged} vs single {one}");
+            }
+        }
+        assert_eq!(ab.counts().len(), ba.counts().len());
+        for (x, y) in ab.counts().iter().zip(ba.counts()) {
+            assert!((x - y).abs() < 1e-9 * x.max(1.0));
+        }
+    }
+
+    #[test]
+    fn merge_same_width_adds_and_handles_empty_or_zero_histograms() {
+        let xs = gaussian(10_000, 61);
+        let h = hist_of(&xs);
+        let mut twice = h.clone();
+        twice.merge(&h);
+        let doubled: Vec<f64> = h.counts().iter().map(|c| 2.0 * c).collect();
+        assert_eq!(twice.counts(), &doubled[..]);
+
+        let mut zeros = Histogram::default();
+        zeros.add(&[0.0; 5]);
+        zeros.add(&[f32::NAN]);
+        let mut into_zeros = zeros.clone();
+        into_zeros.merge(&h);
+        let mut from_zeros = h.clone();
+        from_zeros.merge(&zeros);
+        for m in [&into_zeros, &from_zeros] {
+            assert_eq!(m.counts()[0], h.counts()[0] + 5.0);
+            assert_eq!(m.total(), 10_005.0);
+            assert_eq!(m.nan_count(), 1);
+            assert_eq!(m.max_abs(), h.max_abs());
+        }
+        let mut empty = Histogram::default();
+        empty.merge(&Histogram::default());
+        assert!(empty.is_empty());
+        assert_eq!(compute_amax(&empty, Method::Entropy), 0.0);
+    }
+
+    #[test]
+    fn nan_and_inf_are_counted_not_binned() {
+        let mut h = Histogram::default();
+        h.add(&[f32::NAN, f32::NAN, f32::INFINITY]);
+        assert!(h.is_empty() && h.counts().is_empty());
+        h.add(&[1.0, f32::NEG_INFINITY, -3.0, f32::NAN, 2.0]);
+        assert_eq!((h.nan_count(), h.inf_count()), (3, 2));
+        assert_eq!(h.max_abs(), 3.0);
+        assert_eq!(h.total(), 3.0);
+        assert_eq!(h.counts().iter().sum::<f64>(), 3.0);
+        assert_eq!(h.bin_width(), Some(3.0 / 2048.0));
+        assert_eq!(compute_amax(&h, Method::Max), 3.0);
+    }
+
+    #[test]
+    fn zeros_before_the_range_go_to_bin_zero() {
+        let mut h = Histogram::default();
+        h.add(&[0.0; 100]);
+        h.add(&[-0.0; 20]);
+        assert_eq!(h.bin_width(), None);
+        assert_eq!(h.total(), 120.0);
+        for m in [Method::Max, Method::Percentile(99.0), Method::Mse, Method::Entropy] {
+            assert_eq!(compute_amax(&h, m), 0.0);
+        }
+        h.add(&[0.5, 1.0, -2.0, 0.0]);
+        assert_eq!(h.bin_width(), Some(2.0 / 2048.0));
+        assert_eq!(h.counts()[0], 121.0);
+        assert_eq!((h.counts()[512], h.counts()[1024], h.counts()[2047]), (1.0, 1.0, 1.0));
+        assert_eq!(h.counts().iter().sum::<f64>(), 124.0);
+        assert_eq!(h.max_abs(), 2.0);
+    }
+
+    #[test]
+    fn empty_constant_and_single_value() {
+        let empty = Histogram::default();
+        for m in [Method::Max, Method::Percentile(99.99), Method::Mse, Method::Entropy] {
+            assert_eq!(compute_amax(&empty, m), 0.0);
+        }
+        for xs in [vec![-1.5f32; 1000], vec![3.0f32]] {
+            let h = hist_of(&xs);
+            let c = true_max(&xs);
+            let w = h.bin_width().unwrap();
+            assert_eq!(compute_amax(&h, Method::Max), c);
+            // Every candidate below the max puts outliers on an empty bin: +inf.
+            assert_eq!(compute_amax(&h, Method::Entropy), c);
+            // Lower edge of the last bin.
+            assert_eq!(compute_amax(&h, Method::Percentile(99.99)), (2047.0 * w) as f32);
+            // The center of the last bin quantizes itself exactly.
+            assert_eq!(compute_amax(&h, Method::Mse), (2047.5 * w) as f32);
+        }
+    }
+
+    #[test]
+    fn few_bins_fall_back_to_max_and_odd_percentiles_do_not_panic() {
+        let xs = laplace_outliers(5000, 71);
+        let mut h = Histogram::new(64);
+        h.add(&xs);
+        assert_eq!(h.counts().len(), 64);
+        assert_eq!(compute_amax(&h, Method::Entropy), h.max_abs());
+        assert_eq!(compute_amax(&h, Method::Mse), h.max_abs());
+        let top = h.bin_edge(64) as f32;
+        for p in [0.0, -5.0, 100.0, 250.0, f64::NAN] {
+            let a = compute_amax(&h, Method::Percentile(p));
+            assert!((0.0..=top).contains(&a), "p={p}: {a}");
+        }
+        assert_eq!(compute_amax(&h, Method::Percentile(0.0)), 0.0);
+    }
+
+    #[test]
+    fn huge_growth_coarsens_instead_of_allocating() {
+        let mut h = Histogram::default();
+        h.add(&[1e-3, 5e-4]);
+        h.add(&[1000.0, -7.0]);
+        assert!(h.counts().len() <= MAX_BINS);
+        let w = h.bin_width().unwrap();
+        let factor = w / (1e-3f32 as f64 / 2048.0);
+        assert_eq!(factor, factor.round());
+        assert!((factor.round() as u64).is_power_of_two());
+        assert!(h.bin_edge(h.counts().len()) >= 1000.0);
+        assert_eq!(h.counts().iter().sum::<f64>(), 4.0);
+        assert_eq!(h.max_abs(), 1000.0);
+        assert_eq!(h.counts()[h.counts().len() - 1], 1.0);
+    }
+}

@@ -1,4 +1,375 @@
-//! Calibration: streaming statistics of activations and the methods that
-//! turn them into INT8 ranges.
+//! `calibrate`: float model + real data => per-tensor INT8 ranges (the graph is unchanged).
+//!
+//! Runs the model on calibration samples (a folder of photos, or `.npy`
+//! tensors), streams every tensor that quantization will need into a
+//! histogram ([`histogram`]), and turns each histogram into an amax with the
+//! chosen method: `max`, `percentile`, `mse` or `entropy` (TensorRT's KL).
+//! Weights get per-output-channel ranges without data. The result is the
+//! [`table::CalibrationTable`] in the pass context, optionally written as JSON
+//! and as a TensorRT calibration cache; `load-calibration` reads either back.
 
+pub mod collect;
 pub mod histogram;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use qforge_ir::{Dim, Graph};
+use qforge_runtime::{Dataset, PadPosition, Preprocess, Source};
+
+use self::collect::{CollectOptions, collect};
+use self::histogram::{DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, Method, compute_amax};
+use self::table::{CalibrationTable, TensorRange, WeightRange, method_name, write_atomic};
+use crate::qdq_rules::{WEIGHTED_OPS, activation_targets, all_float_activations, weight_and_axis};
+use crate::{Pass, PassContext, PassError, PassOptions, PassReport, register_pass};
+
+/// Range method names as written in YAML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodName {
+    /// Exact max |x|.
+    Max,
+    /// A percentile of |x| (`percentile` option).
+    Percentile,
+    /// The threshold with the least quantization MSE.
+    Mse,
+    /// TensorRT's entropy (KL) calibration.
+    Entropy,
+}
+
+/// Which tensors to collect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorSet {
+    /// What `insert-qdq` quantizes: inputs of weighted ops, residual Adds,
+    /// and scale-sharing ops.
+    Quantizable,
+    /// Every float activation.
+    All,
+}
+
+/// Where calibration data comes from and how images are preprocessed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataOptions {
+    /// Folder of JPEG/PNG photos (searched recursively, sorted).
+    pub images: Option<PathBuf>,
+    /// A `.npy` file (one sample or a stack) or a folder of them, already preprocessed.
+    pub npy: Option<PathBuf>,
+    /// Use at most this many samples.
+    pub limit: Option<usize>,
+    /// With `limit`: pick a seeded random subset instead of the first ones.
+    pub seed: Option<u64>,
+    /// Go through the data this many times (benchmarks).
+    pub repeat: usize,
+    /// `[height, width]` of the model input; fixes dynamic dims.
+    pub size: Option<[usize; 2]>,
+    /// Keep the aspect ratio and pad (true) or stretch.
+    pub letterbox: bool,
+    /// Letterbox padding value (0–255).
+    pub pad_value: u8,
+    /// Centre the letterboxed image (Ultralytics) instead of top-left.
+    pub center: bool,
+    /// Feed BGR instead of RGB.
+    pub bgr: bool,
+    /// Pixel multiplier (1/255).
+    pub scale: f32,
+    /// Per-channel mean subtracted after scaling.
+    pub mean: [f32; 3],
+    /// Per-channel std divided after the mean.
+    pub std: [f32; 3],
+    /// `nchw` or `nhwc`.
+    pub layout: String,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            images: None,
+            npy: None,
+            limit: None,
+            seed: None,
+            repeat: 1,
+            size: None,
+            letterbox: true,
+            pad_value: 114,
+            center: false,
+            bgr: false,
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            layout: "nchw".into(),
+        }
+    }
+}
+
+/// Options of `calibrate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Calibrate {
+    /// The data (see [`DataOptions`]).
+    pub data: DataOptions,
+    /// Activation range method.
+    pub method: MethodName,
+    /// Percentile for `method: percentile`.
+    pub percentile: f64,
+    /// Histogram bins.
+    pub bins: usize,
+    /// Which tensors to calibrate.
+    pub tensors: TensorSet,
+    /// Per-channel weight ranges: `max` or `percentile`.
+    pub weights: MethodName,
+    /// Write the table as JSON here (relative paths: beside the output model).
+    pub json: Option<PathBuf>,
+    /// Write a TensorRT calibration cache here (relative paths: beside the output model).
+    pub trt_cache: Option<PathBuf>,
+    /// Version number in the cache header (`TRT-<version>-EntropyCalibration2`).
+    pub trt_version: String,
+}
+
+impl Default for Calibrate {
+    fn default() -> Self {
+        Calibrate {
+            data: DataOptions::default(),
+            method: MethodName::Entropy,
+            percentile: DEFAULT_PERCENTILE,
+            bins: DEFAULT_NUM_BINS,
+            tensors: TensorSet::Quantizable,
+            weights: MethodName::Max,
+            json: None,
+            trt_cache: None,
+            trt_version: "8601".into(),
+        }
+    }
+}
+
+impl PassOptions for Calibrate {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "data",
+            "images: DIR | npy: FILE|DIR, limit, seed, repeat, size: [h, w], letterbox (true), pad_value (114), center (false), bgr (false), scale (1/255), mean, std, layout (nchw)",
+        ),
+        ("method", "activation ranges: max | percentile | mse | entropy (default entropy)"),
+        ("percentile", "percentile for method percentile (default 99.99)"),
+        ("bins", "histogram bins (default 2048, as TensorRT)"),
+        ("tensors", "quantizable (what insert-qdq needs, default) | all (every float activation)"),
+        ("weights", "per-channel weight ranges: max (default) | percentile"),
+        ("json", "write the calibration table as JSON to this file"),
+        ("trt_cache", "write a TensorRT calibration cache to this file"),
+        ("trt_version", "version in the cache header TRT-<version>-EntropyCalibration2 (default 8601)"),
+    ];
+}
+
+register_pass!("calibrate", Calibrate, "float model + calibration data => per-tensor INT8 ranges (graph unchanged)");
+
+impl Calibrate {
+    fn method(&self) -> Method {
+        match self.method {
+            MethodName::Max => Method::Max,
+            MethodName::Percentile => Method::Percentile(self.percentile),
+            MethodName::Mse => Method::Mse,
+            MethodName::Entropy => Method::Entropy,
+        }
+    }
+
+    /// The fixed input shape: declared dims, `--input-shape`, or dynamic
+    /// dims filled from `data.size` (batch 1).
+    fn input_shape(&self, g: &Graph, cx: &PassContext) -> Result<Vec<usize>, PassError> {
+        let inputs = g.runtime_inputs();
+        let Some(&input) = inputs.first() else { return Err(PassError::msg("the model has no input to feed")) };
+        let name = g.value_name(input);
+        if let Some(s) = cx.input_shapes.get(name) {
+            return Ok(s.clone());
+        }
+        let dims = g.type_info(input).and_then(|t| t.shape).ok_or_else(|| {
+            PassError::msg(format!("input \"{name}\" has no declared shape; give --input-shape {name}=1,3,H,W"))
+        })?;
+        let nhwc = self.data.layout == "nhwc";
+        let (hi, wi, ci) = if nhwc { (1, 2, 3) } else { (2, 3, 1) };
+        let mut out = Vec::with_capacity(dims.rank());
+        for (i, d) in dims.0.iter().enumerate() {
+            let v = match d {
+                Dim::Known(k) if *k > 0 => *k as usize,
+                _ if i == 0 => 1,
+                _ if dims.rank() == 4 && i == ci => 3,
+                _ if dims.rank() == 4 && (i == hi || i == wi) => match self.data.size {
+                    Some([h, w]) => {
+                        if i == hi {
+                            h
+                        } else {
+                            w
+                        }
+                    }
+                    None => {
+                        return Err(PassError::msg(format!(
+                            "input \"{name}\" has dynamic dims {dims}; set calibrate.data.size: [H, W] or --input-shape {name}=1,3,H,W"
+                        )));
+                    }
+                },
+                _ => {
+                    return Err(PassError::msg(format!(
+                        "input \"{name}\" has dynamic dims {dims}; give --input-shape {name}=..."
+                    )));
+                }
+            };
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn dataset(&self, shape: &[usize]) -> Result<Dataset, PassError> {
+        let d = &self.data;
+        if !matches!(d.layout.as_str(), "nchw" | "nhwc") {
+            return Err(PassError::msg(format!("data.layout must be nchw or nhwc, not {:?}", d.layout)));
+        }
+        let source = match (&d.images, &d.npy) {
+            (Some(p), None) => Source::Images(p.clone()),
+            (None, Some(p)) => Source::Npy(p.clone()),
+            (Some(_), Some(_)) => return Err(PassError::msg("set only one of data.images and data.npy")),
+            (None, None) => {
+                return Err(PassError::msg(
+                    "no calibration data: set calibrate.data.images (a folder of photos) or data.npy, e.g. --calib photos/",
+                ));
+            }
+        };
+        let prep = Preprocess {
+            size: d.size,
+            letterbox: d.letterbox,
+            pad_value: d.pad_value,
+            pad_position: if d.center { PadPosition::Center } else { PadPosition::TopLeft },
+            bgr: d.bgr,
+            scale: d.scale,
+            mean: d.mean,
+            std: d.std,
+            nhwc: d.layout == "nhwc",
+        };
+        let mut ds = Dataset::open(&source, shape, &prep).map_err(|e| PassError::msg(e.to_string()))?;
+        if let Some(n) = d.limit {
+            ds.limit(n, d.seed);
+        }
+        ds.repeat(d.repeat);
+        Ok(ds)
+    }
+}
+
+/// Per-channel amax of a weight tensor along `axis`.
+pub fn weight_amax(w: &[f32], dims: &[i64], axis: usize, method: MethodName, percentile: f64) -> Vec<f32> {
+    let c = dims.get(axis).copied().unwrap_or(1).max(1) as usize;
+    let inner: usize = dims.iter().skip(axis + 1).map(|&d| d.max(1) as usize).product();
+    let mut per: Vec<Vec<f32>> = vec![Vec::new(); c];
+    for (i, &x) in w.iter().enumerate() {
+        per[(i / inner) % c].push(x.abs());
+    }
+    per.into_iter()
+        .map(|mut v| match method {
+            MethodName::Percentile if !v.is_empty() => {
+                v.sort_by(f32::total_cmp);
+                let k = ((percentile / 100.0) * (v.len() - 1) as f64).round() as usize;
+                v[k.min(v.len() - 1)]
+            }
+            _ => v.into_iter().fold(0.0, f32::max),
+        })
+        .collect()
+}
+
+impl Pass for Calibrate {
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+        if !matches!(self.weights, MethodName::Max | MethodName::Percentile) {
+            return Err(PassError::msg("weights must be max or percentile"));
+        }
+        let shape = self.input_shape(g, cx)?;
+        let data = self.dataset(&shape)?;
+        let targets = match self.tensors {
+            TensorSet::Quantizable => activation_targets(g),
+            TensorSet::All => all_float_activations(g),
+        };
+        if targets.is_empty() {
+            return Err(PassError::msg("nothing to calibrate: the model has no quantizable activation"));
+        }
+        let col = collect(g, &targets, &data, &shape, &CollectOptions { bins: self.bins, quiet: cx.quiet })?;
+        let method = self.method();
+        let mut table = CalibrationTable { method: method_name(method), samples: col.samples, ..Default::default() };
+        let mut zero = Vec::new();
+        let (mut nan, mut inf) = (0u64, 0u64);
+        // The searches (entropy, mse) cost tens of ms per tensor: run them in parallel.
+        let amaxes: Vec<f32> = col.histograms.par_iter().map(|h| compute_amax(h, method)).collect();
+        for ((&v, h), amax) in targets.iter().zip(col.histograms).zip(amaxes) {
+            if col.not_float.contains(&v) {
+                continue;
+            }
+            if amax == 0.0 {
+                zero.push(g.value_name(v).to_string());
+            }
+            nan += h.nan_count();
+            inf += h.inf_count();
+            table.tensors.insert(v, TensorRange { amax, histogram: Some(h), samples: col.samples });
+        }
+        for n in g.nodes() {
+            if !WEIGHTED_OPS.contains(&g.node(n).op_type()) {
+                continue;
+            }
+            if let Some((w, axis)) = weight_and_axis(g, n)
+                && let Some(t) = g.constant(w)
+                && let Ok(data) = t.to_f32_vec()
+            {
+                let amax = weight_amax(&data, t.dims(), axis, self.weights, self.percentile);
+                table.weights.insert(w, WeightRange { axis, amax });
+            }
+        }
+        let mut r = PassReport::default();
+        r.info("samples", col.samples);
+        r.info("tensors", table.tensors.len() as u64);
+        r.info("weights", table.weights.len() as u64);
+        r.note(format!(
+            "{} samples in {:.1} s ({:.1} samples/s), method {}",
+            col.samples,
+            col.seconds,
+            col.samples as f64 / col.seconds.max(1e-9),
+            table.method
+        ));
+        if !col.skipped.is_empty() {
+            r.info("samples skipped", col.skipped.len() as u64);
+            r.note(format!("skipped {} sample(s), first: {}", col.skipped.len(), col.skipped[0]));
+        }
+        if nan + inf > 0 {
+            r.note(format!("{nan} NaN and {inf} infinite activation values were counted and left out of the ranges"));
+        }
+        if !zero.is_empty() {
+            r.note(format!(
+                "{} tensor(s) were zero on every sample (scale 1/127 is used), first: {}",
+                zero.len(),
+                zero[0]
+            ));
+        }
+        let beside_output = |p: &PathBuf| -> PathBuf {
+            match cx.output_path.as_ref().and_then(|o| o.parent()) {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p.clone(),
+            }
+        };
+        if let Some(p) = self.json.as_ref().map(beside_output) {
+            let text = serde_json::to_string_pretty(&table.to_json(g)).unwrap_or_default();
+            write_atomic(&p, &text).map_err(PassError::msg)?;
+            r.note(format!("wrote {}", p.display()));
+        }
+        if let Some(p) = self.trt_cache.as_ref().map(beside_output) {
+            write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
+            r.note(format!("wrote {}", p.display()));
+        }
+        cx.calibration = Some(table);
+        Ok(r)
+    }
+}
+
+/// Ranges by tensor name, for tests and tools.
+pub fn amax_by_name(g: &Graph, t: &CalibrationTable) -> BTreeMap<String, f32> {
+    t.tensors
+        .iter()
+        .filter(|(v, _)| g.contains_value(**v))
+        .map(|(&v, r)| (g.value_name(v).to_string(), r.amax))
+        .collect()
+}

@@ -1,0 +1,106 @@
+//! Which tensors INT8 quantization touches (TensorRT explicit quantization,
+//! DESIGN.md "Quantization rules"): shared by `calibrate`, which must collect
+//! statistics for exactly those tensors, and `insert-qdq`, which places Q/DQ
+//! on them.
+
+use qforge_ir::{Graph, NodeId, ValueDef, ValueId};
+
+/// Ops whose inputs get Q/DQ: TensorRT fuses them into INT8 kernels.
+pub const WEIGHTED_OPS: &[&str] = &["Conv", "ConvTranspose", "Gemm", "MatMul"];
+
+/// Ops whose input and output must share one scale (TensorRT runs them in
+/// INT8 without a requantize only then).
+pub const SCALE_SHARING_OPS: &[&str] = &["Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize"];
+
+/// True when `v` is computed at run time (not an initializer or Constant).
+pub fn is_activation(g: &Graph, v: ValueId) -> bool {
+    g.constant(v).is_none() && !matches!(g.value(v).def(), ValueDef::Initializer | ValueDef::SparseInitializer)
+}
+
+fn is_float_or_unknown(g: &Graph, v: ValueId) -> bool {
+    g.dtype(v).is_none_or(|d| d.is_float())
+}
+
+/// True for an `Add` whose two inputs are both activations (a residual join).
+pub fn is_residual_add(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    node.is_op("Add")
+        && node.inputs().len() == 2
+        && node.inputs().iter().all(|i| i.is_some_and(|v| is_activation(g, v)))
+}
+
+/// The activation tensors a quantized graph may carry in INT8: inputs of
+/// weighted ops, both inputs of residual Adds, and the data inputs and
+/// outputs of scale-sharing ops. In graph order, without duplicates.
+pub fn activation_targets(g: &Graph) -> Vec<ValueId> {
+    let mut out: Vec<ValueId> = Vec::new();
+    let push = |v: ValueId, out: &mut Vec<ValueId>| {
+        if is_activation(g, v) && is_float_or_unknown(g, v) && !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    for n in g.nodes() {
+        let node = g.node(n);
+        if !matches!(node.domain(), "" | "ai.onnx") {
+            continue;
+        }
+        let op = node.op_type();
+        if WEIGHTED_OPS.contains(&op) {
+            // Data input, and a MatMul's second input when it is computed.
+            for slot in [0, 1] {
+                if let Some(v) = node.input(slot)
+                    && (slot == 0 || op == "MatMul")
+                {
+                    push(v, &mut out);
+                }
+            }
+        } else if is_residual_add(g, n) {
+            node.inputs().iter().flatten().for_each(|&v| push(v, &mut out));
+        } else if SCALE_SHARING_OPS.contains(&op) {
+            let data_inputs: Vec<ValueId> = if op == "Concat" {
+                node.inputs().iter().flatten().copied().collect()
+            } else {
+                node.input(0).into_iter().collect()
+            };
+            for v in data_inputs.into_iter().chain(node.output(0)) {
+                push(v, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Every float activation: graph inputs and node outputs.
+pub fn all_float_activations(g: &Graph) -> Vec<ValueId> {
+    let mut out: Vec<ValueId> = g.runtime_inputs().into_iter().filter(|&v| is_float_or_unknown(g, v)).collect();
+    for n in g.nodes() {
+        for &v in g.node(n).outputs().iter().flatten() {
+            if is_activation(g, v) && is_float_or_unknown(g, v) && !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// The weight input of a weighted op and its output-channel axis
+/// (Conv/Gemm with transB: 0; ConvTranspose, Gemm without transB, MatMul: 1).
+pub fn weight_and_axis(g: &Graph, n: NodeId) -> Option<(ValueId, usize)> {
+    let node = g.node(n);
+    let w = node.input(1)?;
+    g.constant(w)?;
+    let axis = match node.op_type() {
+        "Conv" => 0,
+        "ConvTranspose" => 1,
+        "Gemm" => {
+            if node.attr_int("transB") == Some(1) {
+                0
+            } else {
+                1
+            }
+        }
+        "MatMul" => 1,
+        _ => return None,
+    };
+    Some((w, axis))
+}

@@ -1,0 +1,429 @@
+//! Calibration data: image folders and `.npy` tensors, turned into model
+//! inputs one sample at a time.
+//!
+//! Nothing is loaded up front: a [`Dataset`] is a sorted list of sample
+//! references (files, or rows of a stacked `.npy` read by offset), so memory
+//! does not grow with the number of samples. Image preprocessing follows the
+//! YOLO family's conventions by default (letterbox with grey 114 padding,
+//! RGB, ×1/255, NCHW) and is configured per pipeline.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::{Rgb, RgbImage};
+
+use crate::host::HostTensor;
+
+/// Errors of data loading.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A problem with the data set as a whole (folder missing or empty, …).
+    #[error("{0}")]
+    Set(String),
+    /// One sample cannot be used (corrupt image, …); callers may skip it.
+    #[error("{path}: {reason}")]
+    Sample {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where the image is placed when letterboxing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PadPosition {
+    /// Top-left corner, padding right and bottom (the reference evaluation scripts).
+    #[default]
+    TopLeft,
+    /// Centred, padding split on both sides (Ultralytics' `letterbox`).
+    Center,
+}
+
+/// How an image becomes a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    /// Target `[height, width]`; `None` takes it from the model input.
+    pub size: Option<[usize; 2]>,
+    /// Keep the aspect ratio and pad (`true`), or stretch to the size.
+    pub letterbox: bool,
+    /// Padding value of the letterbox, per channel (0–255).
+    pub pad_value: u8,
+    /// Where the letterboxed image sits.
+    pub pad_position: PadPosition,
+    /// Channel order BGR instead of RGB.
+    pub bgr: bool,
+    /// Multiplier applied to 0–255 pixel values before mean/std.
+    pub scale: f32,
+    /// Subtracted per channel after scaling.
+    pub mean: [f32; 3],
+    /// Divided per channel after the mean.
+    pub std: [f32; 3],
+    /// NHWC instead of NCHW.
+    pub nhwc: bool,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            size: None,
+            letterbox: true,
+            pad_value: 114,
+            pad_position: PadPosition::TopLeft,
+            bgr: false,
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            nhwc: false,
+        }
+    }
+}
+
+/// Where samples come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A folder searched recursively for JPEG/PNG files.
+    Images(PathBuf),
+    /// A `.npy` file (one sample, or a stack along the first axis) or a folder of them.
+    Npy(PathBuf),
+}
+
+/// One sample.
+#[derive(Debug, Clone)]
+enum Item {
+    Image(PathBuf),
+    Npy { path: PathBuf, offset: u64, f64: bool },
+}
+
+/// An ordered, lazily loaded set of samples for one model input.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    items: Vec<Item>,
+    shape: Vec<usize>,
+    prep: Preprocess,
+    /// Files that were skipped while listing, with the reason.
+    pub skipped: Vec<String>,
+}
+
+const IMAGE_EXT: &[&str] = &["jpg", "jpeg", "png"];
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Parsed `.npy` header.
+struct NpyHeader {
+    shape: Vec<usize>,
+    f64: bool,
+    data_offset: u64,
+}
+
+fn npy_header(path: &Path) -> Result<NpyHeader, DataError> {
+    let bad = |reason: String| DataError::Sample { path: path.to_path_buf(), reason };
+    let mut f = File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut magic = [0u8; 8];
+    f.read_exact(&mut magic).map_err(|_| bad("not a .npy file (too short)".into()))?;
+    if &magic[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy file (bad magic)".into()));
+    }
+    let (hlen, pre) = if magic[6] == 1 {
+        let mut b = [0u8; 2];
+        f.read_exact(&mut b).map_err(|e| bad(e.to_string()))?;
+        (u16::from_le_bytes(b) as usize, 10)
+    } else {
+        let mut b = [0u8; 4];
+        f.read_exact(&mut b).map_err(|e| bad(e.to_string()))?;
+        (u32::from_le_bytes(b) as usize, 12)
+    };
+    let mut h = vec![0u8; hlen];
+    f.read_exact(&mut h).map_err(|e| bad(e.to_string()))?;
+    let h = String::from_utf8_lossy(&h);
+    let field = |key: &str| -> Option<String> {
+        let i = h.find(&format!("'{key}'"))?;
+        let rest = h[i + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest.to_string())
+    };
+    let descr = field("descr").ok_or_else(|| bad("header has no descr".into()))?;
+    let f64 = if descr.starts_with("'<f4'") {
+        false
+    } else if descr.starts_with("'<f8'") {
+        true
+    } else {
+        return Err(bad(format!("dtype {} is not supported (use float32)", descr.split(',').next().unwrap_or(""))));
+    };
+    if field("fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(bad("Fortran-ordered arrays are not supported (save with np.ascontiguousarray)".into()));
+    }
+    let shape_s = field("shape").ok_or_else(|| bad("header has no shape".into()))?;
+    let inner = shape_s.trim_start_matches('(').split(')').next().unwrap_or("");
+    let shape: Result<Vec<usize>, _> =
+        inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse::<usize>).collect();
+    let shape = shape.map_err(|_| bad(format!("bad shape {inner:?}")))?;
+    Ok(NpyHeader { shape, f64, data_offset: (pre + hlen) as u64 })
+}
+
+/// Writes a float32 `.npy` file (used by tests and `--dump` options).
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> std::io::Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut f = std::io::BufWriter::new(File::create(path)?);
+    f.write_all(b"\x93NUMPY\x01\x00")?;
+    f.write_all(&(header.len() as u16).to_le_bytes())?;
+    f.write_all(header.as_bytes())?;
+    for x in data {
+        f.write_all(&x.to_le_bytes())?;
+    }
+    f.flush()
+}
+
+impl Dataset {
+    /// Lists the samples of `source` for a model input of `shape` (fixed
+    /// dims, batch first). Files are sorted for determinism; non-image files
+    /// in an image folder are skipped with a reason in [`Dataset::skipped`].
+    pub fn open(source: &Source, shape: &[usize], prep: &Preprocess) -> Result<Dataset, DataError> {
+        if shape.len() != 4 && matches!(source, Source::Images(_)) {
+            return Err(DataError::Set(format!(
+                "images need a 4-D model input (N,C,H,W or N,H,W,C); this one is {shape:?}"
+            )));
+        }
+        let mut skipped = Vec::new();
+        let mut items = Vec::new();
+        match source {
+            Source::Images(dir) => {
+                if !dir.is_dir() {
+                    return Err(DataError::Set(format!("image folder {} does not exist", dir.display())));
+                }
+                let mut files = Vec::new();
+                walk(dir, &mut files).map_err(|e| DataError::Set(format!("{}: {e}", dir.display())))?;
+                files.sort();
+                for f in files {
+                    if has_ext(&f, IMAGE_EXT) {
+                        items.push(Item::Image(f));
+                    } else {
+                        skipped.push(format!("{}: not a .jpg/.jpeg/.png file", f.display()));
+                    }
+                }
+                if items.is_empty() {
+                    return Err(DataError::Set(format!("no .jpg/.jpeg/.png images in {}", dir.display())));
+                }
+                let (c, h, w) = if prep.nhwc { (shape[3], shape[1], shape[2]) } else { (shape[1], shape[2], shape[3]) };
+                if c != 3 {
+                    return Err(DataError::Set(format!("images have 3 channels, the model input has {c} ({shape:?})")));
+                }
+                if let Some([ph, pw]) = prep.size
+                    && (ph != h || pw != w)
+                {
+                    return Err(DataError::Set(format!(
+                        "image size {ph}x{pw} does not fit the model input {shape:?} (height {h}, width {w})"
+                    )));
+                }
+            }
+            Source::Npy(p) => {
+                let files: Vec<PathBuf> = if p.is_dir() {
+                    let mut v = Vec::new();
+                    walk(p, &mut v).map_err(|e| DataError::Set(format!("{}: {e}", p.display())))?;
+                    v.retain(|f| has_ext(f, &["npy"]));
+                    v.sort();
+                    v
+                } else if p.is_file() {
+                    vec![p.clone()]
+                } else {
+                    return Err(DataError::Set(format!("{} does not exist", p.display())));
+                };
+                if files.is_empty() {
+                    return Err(DataError::Set(format!("no .npy files in {}", p.display())));
+                }
+                let sample: usize = shape.iter().product();
+                for f in files {
+                    let h = npy_header(&f)?;
+                    let elem = if h.f64 { 8 } else { 4 };
+                    let n = if h.shape == shape {
+                        1
+                    } else if h.shape.len() == shape.len() && h.shape[1..] == shape[1..] && shape[0] == 1 {
+                        h.shape[0]
+                    } else if h.shape.len() + 1 == shape.len() && h.shape[..] == shape[1..] {
+                        1
+                    } else {
+                        return Err(DataError::Sample {
+                            path: f,
+                            reason: format!(
+                                "shape {:?} does not fit the model input {shape:?} (give one sample of that shape, or a stack (N,{}))",
+                                h.shape,
+                                shape[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                            ),
+                        });
+                    };
+                    for i in 0..n {
+                        items.push(Item::Npy {
+                            path: f.clone(),
+                            offset: h.data_offset + (i * sample * elem) as u64,
+                            f64: h.f64,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Dataset { items, shape: shape.to_vec(), prep: prep.clone(), skipped })
+    }
+
+    /// Keeps `limit` samples: the first ones, or a seeded random subset
+    /// (in original order) when `seed` is given.
+    pub fn limit(&mut self, limit: usize, seed: Option<u64>) {
+        if limit >= self.items.len() {
+            return;
+        }
+        match seed {
+            None => self.items.truncate(limit),
+            Some(s) => {
+                let mut rng = crate::random::Rng::new(s);
+                let mut idx: Vec<usize> = (0..self.items.len()).collect();
+                // Fisher–Yates, then keep the first `limit` in file order.
+                for i in (1..idx.len()).rev() {
+                    let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+                    idx.swap(i, j);
+                }
+                let mut keep: Vec<usize> = idx[..limit].to_vec();
+                keep.sort();
+                self.items = keep.into_iter().map(|i| self.items[i].clone()).collect();
+            }
+        }
+    }
+
+    /// Repeats the sample list `times` times (benchmarks: same data, more work).
+    pub fn repeat(&mut self, times: usize) {
+        let one = self.items.clone();
+        for _ in 1..times.max(1) {
+            self.items.extend(one.iter().cloned());
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The file a sample comes from.
+    pub fn path(&self, i: usize) -> &Path {
+        match &self.items[i] {
+            Item::Image(p) | Item::Npy { path: p, .. } => p,
+        }
+    }
+
+    /// Loads and preprocesses sample `i` into a tensor of the input shape.
+    pub fn load(&self, i: usize) -> Result<HostTensor, DataError> {
+        match &self.items[i] {
+            Item::Image(p) => {
+                let img = image::ImageReader::open(p)
+                    .and_then(|r| r.with_guessed_format())
+                    .map_err(|e| DataError::Sample { path: p.clone(), reason: e.to_string() })?
+                    .decode()
+                    .map_err(|e| DataError::Sample { path: p.clone(), reason: format!("cannot decode: {e}") })?;
+                Ok(preprocess(&img.to_rgb8(), &self.shape, &self.prep))
+            }
+            Item::Npy { path, offset, f64 } => {
+                let n: usize = self.shape.iter().product();
+                let bad = |e: std::io::Error| DataError::Sample { path: path.clone(), reason: e.to_string() };
+                let mut f = File::open(path).map_err(bad)?;
+                f.seek(SeekFrom::Start(*offset)).map_err(bad)?;
+                let mut buf = vec![0u8; n * if *f64 { 8 } else { 4 }];
+                f.read_exact(&mut buf).map_err(|_| DataError::Sample {
+                    path: path.clone(),
+                    reason: "file is shorter than its header says".into(),
+                })?;
+                let data: Vec<f32> = if *f64 {
+                    buf.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+                } else {
+                    buf.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect()
+                };
+                Ok(HostTensor::f32(self.shape.clone(), data))
+            }
+        }
+    }
+}
+
+/// Resizes (letterbox or stretch) and normalises one RGB image.
+pub fn preprocess(img: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor {
+    let (h, w) = if p.nhwc { (shape[1], shape[2]) } else { (shape[2], shape[3]) };
+    let canvas = if p.letterbox {
+        let r = (w as f64 / img.width() as f64).min(h as f64 / img.height() as f64);
+        let nw = ((img.width() as f64 * r).round() as u32).clamp(1, w as u32);
+        let nh = ((img.height() as f64 * r).round() as u32).clamp(1, h as u32);
+        let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+        let mut c = RgbImage::from_pixel(w as u32, h as u32, Rgb([p.pad_value; 3]));
+        let (x0, y0) = match p.pad_position {
+            PadPosition::TopLeft => (0, 0),
+            PadPosition::Center => ((w as u32 - nw) / 2, (h as u32 - nh) / 2),
+        };
+        image::imageops::replace(&mut c, &resized, i64::from(x0), i64::from(y0));
+        c
+    } else {
+        image::imageops::resize(img, w as u32, h as u32, FilterType::Triangle)
+    };
+    let mut data = vec![0f32; 3 * h * w];
+    for (x, y, px) in canvas.enumerate_pixels() {
+        for c in 0..3 {
+            let src = if p.bgr { 2 - c } else { c };
+            let v = (f32::from(px.0[src]) * p.scale - p.mean[c]) / p.std[c];
+            let idx =
+                if p.nhwc { (y as usize * w + x as usize) * 3 + c } else { c * h * w + y as usize * w + x as usize };
+            data[idx] = v;
+        }
+    }
+    HostTensor::f32(shape.to_vec(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letterbox_pads_with_114_and_scales() {
+        let img = RgbImage::from_pixel(20, 10, Rgb([255, 0, 0]));
+        let t = preprocess(&img, &[1, 3, 8, 8], &Preprocess::default());
+        let d = t.as_f32().unwrap();
+        // Top-left: red; bottom rows: padding 114/255.
+        assert_eq!(d[0], 1.0);
+        assert_eq!(d[64], 0.0);
+        assert!((d[7 * 8] - 114.0 / 255.0).abs() < 1e-6);
+        let bgr = preprocess(&img, &[1, 3, 8, 8], &Preprocess { bgr: true, ..Default::default() });
+        assert_eq!(bgr.as_f32().unwrap()[128], 1.0);
+    }
+
+    #[test]
+    fn npy_round_trip_and_stacks() {
+        let dir = std::env::temp_dir().join(format!("qforge-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<f32> = (0..2 * 3 * 2 * 2).map(|i| i as f32).collect();
+        write_npy(&dir.join("stack.npy"), &[2, 3, 2, 2], &data).unwrap();
+        let ds = Dataset::open(&Source::Npy(dir.join("stack.npy")), &[1, 3, 2, 2], &Preprocess::default()).unwrap();
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.load(1).unwrap().as_f32().unwrap(), &data[12..]);
+        let e = Dataset::open(&Source::Npy(dir.join("stack.npy")), &[1, 3, 4, 4], &Preprocess::default()).unwrap_err();
+        assert!(e.to_string().contains("does not fit the model input"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
