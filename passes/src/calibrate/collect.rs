@@ -101,7 +101,7 @@ pub fn collect(
         for r in results {
             match r {
                 Err(DataError::Sample { path, reason }) => {
-                    bar.println(format!("warning: skipping {}: {reason}", path.display()));
+                    bar.suspend(|| eprintln!("warning: skipping {}: {reason}", path.display()));
                     skipped.push(format!("{}: {reason}", path.display()));
                 }
                 Err(e) => return Err(PassError::msg(e.to_string())),

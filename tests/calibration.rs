@@ -1,0 +1,215 @@
+//! Calibration on real photos: ranges against ONNX Runtime's calibrator,
+//! the JSON/TensorRT-cache round trip, and bad calibration data.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use qforge_runtime::{Dataset, Preprocess, Source, write_npy};
+
+/// Preprocesses the photos exactly as `calibrate` does and writes one `.npy`
+/// per image, so both calibrators see the same input tensors.
+fn photos_as_npy(photos: &Path, dir: &Path, shape: &[usize]) -> usize {
+    let ds = Dataset::open(&Source::Images(photos.to_path_buf()), shape, &Preprocess::default()).unwrap();
+    for i in 0..ds.len() {
+        let t = ds.load(i).unwrap();
+        write_npy(&dir.join(format!("{i:03}.npy")), &t.shape, t.as_f32().unwrap()).unwrap();
+    }
+    ds.len()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = common::qforge().args(args).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "qforge {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+#[test]
+fn max_ranges_match_onnxruntime_minmax_on_nudenet() {
+    let Some(model) = common::model("nudenet-320n.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    if !common::python_ort() {
+        return;
+    }
+    let dir = common::tempdir();
+    let npy = dir.path().join("npy");
+    std::fs::create_dir(&npy).unwrap();
+    let n = photos_as_npy(&photos, &npy, &[1, 3, 320, 320]);
+    assert!(n >= 5);
+    let pipe = dir.path().join("p.yaml");
+    std::fs::write(&pipe, "passes:\n  - calibrate: {method: max, tensors: all, json: table.json}\n").unwrap();
+    let out = dir.path().join("out.onnx");
+    run_ok(&[
+        "run",
+        pipe.to_str().unwrap(),
+        "-i",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calib",
+        npy.to_str().unwrap(),
+        "--input-shape",
+        "images=1,3,320,320",
+        "-q",
+    ]);
+    let ours: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("table.json")).unwrap()).unwrap();
+    let o = Command::new("python3")
+        .arg(common::root().join("tests/py/ort_minmax.py"))
+        .arg(&model)
+        .arg(&npy)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut compared = 0;
+    let mut worst = (String::new(), 0.0f64);
+    for (name, e) in ours["tensors"].as_object().unwrap() {
+        let Some(t) = theirs.get(name).and_then(|v| v.as_f64()) else { continue };
+        let a = e["amax"].as_f64().unwrap();
+        let rel = (a - t).abs() / t.abs().max(1e-12);
+        if rel > worst.1 {
+            worst = (name.clone(), rel);
+        }
+        compared += 1;
+    }
+    eprintln!(
+        "compared {compared} tensor ranges with ONNX Runtime MinMax; worst {} at {:.2e} relative",
+        worst.0, worst.1
+    );
+    assert!(compared >= 100, "only {compared} tensors in common");
+    assert!(worst.1 <= 1e-5, "max range of {} differs from ONNX Runtime by {:e} relative", worst.0, worst.1);
+}
+
+#[test]
+fn table_and_trt_cache_are_written_and_load_back() {
+    let Some(model) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    let dir = common::tempdir();
+    let out = dir.path().join("y.onnx");
+    let stdout = run_ok(&[
+        "run",
+        "pipelines/calibrate.yaml",
+        "-i",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calib",
+        photos.to_str().unwrap(),
+        "--set",
+        "calibrate.data.limit=4",
+    ]);
+    assert!(stdout.contains("samples 4"), "{stdout}");
+    let cache = std::fs::read_to_string(dir.path().join("calibration.cache")).unwrap();
+    assert!(cache.starts_with("TRT-8601-EntropyCalibration2\n"), "{cache}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("calibration.json")).unwrap()).unwrap();
+    let tensors = json["tensors"].as_object().unwrap();
+    assert!(tensors.len() > 50);
+    // Every cache line is the table's scale as big-endian f32 hex.
+    for line in cache.lines().skip(1) {
+        let (name, hex) = line.rsplit_once(": ").unwrap();
+        let scale = f32::from_bits(u32::from_str_radix(hex, 16).unwrap());
+        let want = tensors[name]["scale"].as_f64().unwrap() as f32;
+        assert_eq!(scale, want, "{name}");
+    }
+    // Both files load back through load-calibration.
+    for file in ["calibration.json", "calibration.cache"] {
+        let pipe = dir.path().join("load.yaml");
+        let p = dir.path().join(file);
+        std::fs::write(
+            &pipe,
+            format!("passes:\n  - load-calibration: {{path: {:?}, strict: true}}\n", p.to_str().unwrap()),
+        )
+        .unwrap();
+        let o2 = dir.path().join("o2.onnx");
+        let s = run_ok(&["run", pipe.to_str().unwrap(), "-i", out.to_str().unwrap(), "-o", o2.to_str().unwrap()]);
+        assert!(s.contains(&format!("tensors {}", tensors.len())), "{file}: {s}");
+    }
+}
+
+fn calib_error(model: &Path, data: &Path, extra: &[&str], needle: &str) {
+    let dir = common::tempdir();
+    let out = dir.path().join("o.onnx");
+    let o = common::qforge()
+        .args([
+            "run",
+            "pipelines/calibrate.yaml",
+            "-i",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            data.to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error:") && l.contains(needle)), "expected {needle:?} in:\n{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_calibration_data_gives_clear_errors() {
+    let Some(model) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let dir = common::tempdir();
+    // A folder with no images.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "hello").unwrap();
+    calib_error(&model, &empty, &[], "no .jpg/.jpeg/.png images in");
+    // An .npy of the wrong shape.
+    let npy = dir.path().join("wrong.npy");
+    write_npy(&npy, &[1, 3, 32, 32], &vec![0.0; 3 * 32 * 32]).unwrap();
+    calib_error(&model, &npy, &[], "does not fit the model input [1, 3, 640, 640]");
+    // An image size that does not fit the model.
+    let one = dir.path().join("one");
+    std::fs::create_dir(&one).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(one.join("a.png")).unwrap();
+    calib_error(
+        &model,
+        &one,
+        &["--set", "calibrate.data.size=[320,320]"],
+        "image size 320x320 does not fit the model input",
+    );
+    // Only corrupt images: each is skipped with a warning, then a clear error.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    calib_error(&model, &bad, &[], "no usable calibration sample among 1");
+}
+
+#[test]
+fn a_corrupt_image_among_good_ones_is_skipped_with_a_warning() {
+    let Some(model) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let dir = common::tempdir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7])).save(data.join("good.png")).unwrap();
+    std::fs::write(data.join("broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let out = dir.path().join("o.onnx");
+    let o = common::qforge()
+        .args([
+            "run",
+            "pipelines/calibrate.yaml",
+            "-i",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            data.to_str().unwrap(),
+            "--set",
+            "calibrate.method=max",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: skipping") && err.contains("broken.jpg"), "{err}");
+    assert!(stdout.contains("samples 1") && stdout.contains("samples skipped 1"), "{stdout}");
+}
