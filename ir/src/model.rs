@@ -130,10 +130,30 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model, IrError> {
     })
 }
 
-/// The ModelProto, every tensor's data inline.
+/// The lowest IR version that allows the default-domain `opset`.
+fn min_ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=8 => 3,
+        9 => 4,
+        10 => 5,
+        11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        _ => 11,
+    }
+}
+
+/// The ModelProto, every tensor's data inline. The IR version is raised
+/// when a pass raised the opset past what it allows (and only then).
 pub fn export(model: &Model) -> ModelProto {
     let (graph, opsets) = model.graph.to_proto();
     let mut p = model.rest.clone();
+    let need = min_ir_version(model.graph.opset("").unwrap_or(1));
+    if p.ir_version.is_some_and(|v| v < need) {
+        p.ir_version = Some(need);
+    }
     p.graph = Some(graph);
     p.opset_import = opsets;
     p

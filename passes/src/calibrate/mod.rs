@@ -292,7 +292,12 @@ impl Pass for Calibrate {
         }
         let col = collect(g, &targets, &data, &shape, &CollectOptions { bins: self.bins, quiet: cx.quiet })?;
         let method = self.method();
-        let mut table = CalibrationTable { method: method_name(method), samples: col.samples, ..Default::default() };
+        let mut table = CalibrationTable {
+            method: method_name(method),
+            kind: Some(method),
+            samples: col.samples,
+            ..Default::default()
+        };
         let mut zero = Vec::new();
         let (mut nan, mut inf) = (0u64, 0u64);
         // The searches (entropy, mse) cost tens of ms per tensor: run them in parallel.
@@ -361,6 +366,7 @@ impl Pass for Calibrate {
             r.note(format!("wrote {}", p.display()));
         }
         cx.calibration = Some(table);
+        cx.calibration_data = Some((data, shape));
         Ok(r)
     }
 }

@@ -48,6 +48,9 @@ pub struct WeightRange {
 pub struct CalibrationTable {
     /// How activation ranges were computed (`entropy`, `max`, …, or `loaded`).
     pub method: String,
+    /// The method as a value, for computing shared ranges the same way
+    /// (`None` for loaded tables, which have no histograms).
+    pub kind: Option<Method>,
     /// Activation ranges.
     pub tensors: BTreeMap<ValueId, TensorRange>,
     /// Weight ranges, keyed by the weight value.
@@ -70,12 +73,14 @@ impl CalibrationTable {
     /// One amax for a group of tensors that must share a scale: computed
     /// from their merged histograms when all have one, else the largest
     /// amax (the only safe choice without distributions).
-    pub fn shared_amax(&self, group: &[ValueId], method: Method) -> Option<f32> {
+    pub fn shared_amax(&self, group: &[ValueId]) -> Option<f32> {
         let ranges: Vec<&TensorRange> = group.iter().filter_map(|v| self.tensors.get(v)).collect();
         if ranges.is_empty() {
             return None;
         }
-        if ranges.iter().all(|r| r.histogram.is_some()) {
+        if let Some(method) = self.kind
+            && ranges.iter().all(|r| r.histogram.is_some())
+        {
             let mut h = ranges[0].histogram.clone()?;
             for r in &ranges[1..] {
                 if let Some(o) = &r.histogram {

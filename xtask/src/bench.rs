@@ -1,0 +1,339 @@
+//! `cargo xtask bench`: side-by-side timings against the reference tools, written to
+//! `bench/results.md`.
+//!
+//! The bench is a list of [`Section`]s sharing one [`Ctx`] (release qforge, python, models,
+//! runs); each returns a markdown section. A new measurement (calibration throughput,
+//! quantization accuracy vs ONNX Runtime's `quantize_static`) is one more entry in [`SECTIONS`].
+//! Targets are reported as PASS/MISS: the bench fails only when a tool cannot run.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::assets;
+use crate::models::{self, Census};
+use crate::util::{self, Python};
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Timed runs per tool and model (the median is reported); one untimed warm-up run comes first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Restrict onnxslim to constant folding + its Conv/ConvTranspose-BN fusion patterns
+    /// (default: `onnxslim.slim(model)` with default arguments).
+    #[arg(long)]
+    pub slim_fusion_only: bool,
+    /// Print the results but do not write `bench/results.md`.
+    #[arg(long)]
+    pub no_write: bool,
+    /// Do not run `cargo xtask assets` first (use what is in the assets folder).
+    #[arg(long)]
+    pub skip_assets: bool,
+}
+
+/// Everything the sections share.
+pub struct Ctx<'a> {
+    args: &'a Args,
+    root: PathBuf,
+    qforge: PathBuf,
+    python: Python,
+    models: Vec<PathBuf>,
+    /// Scratch folder for outputs, removed at the end.
+    scratch: PathBuf,
+    /// Versions of the python tools, filled by the sections that use them (for the header).
+    tools: Vec<String>,
+}
+
+/// One part of the results: runs its measurements, returns markdown; `failed` when a tool
+/// could not run (the bench then exits non-zero after writing everything).
+struct Section {
+    title: &'static str,
+    run: fn(&mut Ctx) -> Result<SectionResult>,
+}
+
+struct SectionResult {
+    markdown: String,
+    failed: bool,
+}
+
+const SECTIONS: &[Section] = &[Section { title: "Fold pipeline vs onnxslim", run: fold_vs_onnxslim }];
+
+pub fn run(args: &Args) -> Result<()> {
+    let assets = if args.skip_assets { util::assets_dir() } else { assets::run(&assets::Args { check: false })? };
+    let qforge = util::build_qforge_release()?;
+    let python = Python::find()?;
+    ensure_python_tools(&python)?;
+    let scratch = std::env::temp_dir().join(format!("qforge-bench-{}", std::process::id()));
+    fs::create_dir_all(&scratch).with_context(|| format!("cannot create {}", scratch.display()))?;
+    let mut ctx = Ctx {
+        args,
+        root: util::workspace_root(),
+        qforge,
+        python,
+        models: models::list(&assets)?,
+        scratch,
+        tools: vec![],
+    };
+
+    let mut body = String::new();
+    let mut failed = Vec::new();
+    for section in SECTIONS {
+        println!("\n==> bench: {}", section.title);
+        let result = (section.run)(&mut ctx).with_context(|| format!("bench section `{}`", section.title))?;
+        println!("\n{}", result.markdown);
+        if result.failed {
+            failed.push(section.title);
+        }
+        write!(body, "\n## {}\n\n{}", section.title, result.markdown)?;
+    }
+    let _ = fs::remove_dir_all(&ctx.scratch);
+
+    let doc = format!("{}{body}", header(&ctx));
+    if args.no_write {
+        println!("(--no-write: bench/results.md left unchanged)");
+    } else {
+        let dir = ctx.root.join("bench");
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("results.md");
+        fs::write(&path, doc).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("==> wrote {}", path.display());
+    }
+    if !failed.is_empty() {
+        bail!("a tool failed to run in: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Installs onnxslim (and onnx, onnxruntime) with pip when `import onnxslim, onnx` fails.
+fn ensure_python_tools(py: &Python) -> Result<()> {
+    if py.has_modules(&["onnxslim", "onnx"]) {
+        return Ok(());
+    }
+    let mut cmd = py.pip(["install", "--disable-pip-version-check", "onnxslim", "onnxruntime", "onnx"]);
+    println!("==> onnxslim is missing: {}", util::show(&cmd));
+    util::run_streaming(&mut cmd).context("cannot install onnxslim with pip")?;
+    if !py.has_modules(&["onnxslim", "onnx"]) {
+        bail!("`import onnxslim, onnx` still fails in `{}` after pip install", py.exe);
+    }
+    Ok(())
+}
+
+/// Title, timestamp, machine and software, so results from different machines are comparable.
+fn header(ctx: &Ctx) -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gb = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or_else(|| "?".into(), |kb| format!("{:.1}", kb / 1024.0 / 1024.0));
+    let load = fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "?".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |s| s.trim().to_string());
+    let git = git_revision(&ctx.root);
+    let mut out = String::from(
+        "# qforge benchmarks\n\n\
+         Written by `cargo xtask bench`; do not edit by hand, rerun the bench instead.\n\n",
+    );
+    let _ = writeln!(out, "- date: {}", util::utc_timestamp());
+    let _ = writeln!(out, "- machine: {nproc} CPUs (nproc), {cpu}, {mem_gb} GiB RAM, Linux {kernel}");
+    let _ = writeln!(out, "- load average at the end (1, 5, 15 min): {load} (other work on the machine skews times)");
+    let _ = writeln!(out, "- qforge: release build of git {git}");
+    for tool in &ctx.tools {
+        let _ = writeln!(out, "- {tool}");
+    }
+    let _ = writeln!(out, "- runs: median of {} timed runs per tool and model, after 1 warm-up run", ctx.args.runs);
+    out
+}
+
+/// `abc1234`, with ` + local changes` when the worktree differs from HEAD.
+fn git_revision(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(s) if !s.is_empty() => format!("{rev} + local changes"),
+            _ => rev,
+        },
+        None => "unknown".into(),
+    }
+}
+
+/// Targets of the fold comparison.
+const YOLO_MAX_S: f64 = 0.2;
+const MIN_SPEEDUP: f64 = 5.0;
+
+/// qforge `run pipelines/fold.yaml` (whole process) vs `onnxslim.slim` (in-process), per model.
+fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
+    let runs = ctx.args.runs as usize;
+    let script = ctx.root.join("xtask/scripts/slim_time.py");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut failed = false;
+    let mut slim_version = None;
+    for model in &ctx.models {
+        let name = models::stem(model);
+        let mb = model.metadata().map_or(0.0, |m| m.len() as f64 / 1e6);
+        let out = ctx.scratch.join(format!("{name}.fold.onnx"));
+
+        progress(&format!("    {name}: qforge ×{runs} ..."));
+        let ours = time_qforge(ctx, model, &out, runs);
+        let ours_bn =
+            ours.as_ref().ok().and_then(|_| Census::of(&ctx.qforge, &out).ok()).map(|c| c.op("BatchNormalization"));
+        match &ours {
+            Ok(t) => progress(&format!(" {t:.3} s")),
+            Err(e) => {
+                failed = true;
+                notes.push(format!("{name}: qforge failed: {}", short_error(e)));
+                progress(" FAILED");
+            }
+        }
+        progress(&format!("; onnxslim ×{runs} ..."));
+        let mut cmd = ctx.python.cmd([script.as_os_str(), model.as_os_str()]);
+        cmd.arg("--runs").arg(runs.to_string());
+        if ctx.args.slim_fusion_only {
+            cmd.arg("--fusion-only");
+        }
+        let theirs = util::run_captured(&mut cmd).and_then(|o| parse_slim_json(&o.stdout));
+        match &theirs {
+            Ok(j) => {
+                progress(&format!(" {:.3} s", j["median_s"].as_f64().unwrap_or(f64::NAN)));
+                slim_version = j["onnxslim_version"].as_str().map(|v| {
+                    format!(
+                        "onnxslim {v}, onnx {}, python {}",
+                        j["onnx_version"].as_str().unwrap_or("?"),
+                        j["python"].as_str().unwrap_or("?")
+                    )
+                });
+            }
+            Err(e) => {
+                notes.push(format!("{name}: onnxslim failed: {}", short_error(e)));
+                progress(" FAILED");
+            }
+        }
+        println!();
+
+        let ours_s = ours.as_ref().ok().copied();
+        let theirs_s = theirs.as_ref().ok().and_then(|j| j["median_s"].as_f64());
+        let theirs_bn = theirs.as_ref().ok().and_then(|j| j["bn_after"].as_u64());
+        let bn_before = Census::of(&ctx.qforge, model).ok().map(|c| c.op("BatchNormalization") as u64);
+        let speedup = ours_s.zip(theirs_s).map(|(a, b)| b / a);
+        let mut targets = Vec::new();
+        if name.contains("yolov5n") {
+            targets.push(verdict(&format!("≤ {YOLO_MAX_S} s"), ours_s.map(|s| s <= YOLO_MAX_S)));
+        }
+        targets.push(verdict(&format!("≥ {MIN_SPEEDUP}×"), speedup.map(|x| x >= MIN_SPEEDUP)));
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "error".into());
+        let count = |v: Option<u64>| v.map_or_else(|| "?".into(), |n| n.to_string());
+        rows.push(vec![
+            name,
+            format!("{mb:.1}"),
+            opt(ours_s.map(|s| format!("{s:.3}"))),
+            opt(theirs_s.map(|s| format!("{s:.3}"))),
+            opt(speedup.map(|x| format!("{x:.1}×"))),
+            format!("{} → {} / {}", count(bn_before), count(ours_bn.map(|n| n as u64)), count(theirs_bn)),
+            targets.join(", "),
+        ]);
+    }
+    if let Some(v) = slim_version {
+        ctx.tools.push(v);
+    }
+
+    let header = [
+        "model",
+        "size MB",
+        "qforge median s",
+        "onnxslim median s",
+        "speed-up ×",
+        "BN before → after qforge / onnxslim",
+        "target",
+    ];
+    let mut md = util::markdown_table(&header, &rows);
+    let slim_call = if ctx.args.slim_fusion_only {
+        "`onnxslim.slim(model, ...)` restricted to constant folding + FusionConvBN/FusionConvTransposeBN, no shape inference"
+    } else {
+        "`onnxslim.slim(model)` with default arguments (constant folding, shape inference, all fusions, to a fixed point)"
+    };
+    let _ = write!(
+        md,
+        "\nqforge: wall time of the whole process `qforge run pipelines/fold.yaml -i M -o OUT -q` \
+         (process start, load, fold pipeline, save). onnxslim: {slim_call} + `onnx.save`, timed in-process \
+         (python start, imports and `onnx.load` excluded). Median of {runs} runs after 1 warm-up. \
+         Targets: ≤ {YOLO_MAX_S} s for YOLOv5n, ≥ {MIN_SPEEDUP}× faster than onnxslim.\n"
+    );
+    for note in &notes {
+        let _ = write!(md, "\n- {note}");
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+    }
+    Ok(SectionResult { markdown: md, failed })
+}
+
+/// Median wall time of `runs` qforge fold runs (after one warm-up).
+fn time_qforge(ctx: &Ctx, model: &Path, out: &Path, runs: usize) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let mut cmd = Command::new(&ctx.qforge);
+        cmd.current_dir(&ctx.root).arg("run").arg("pipelines/fold.yaml").arg("-i").arg(model).arg("-o").arg(out);
+        cmd.arg("-q").stdout(Stdio::null());
+        let start = Instant::now();
+        util::run_captured(&mut cmd)?;
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(util::median(&times))
+}
+
+/// The JSON object slim_time.py prints as its last stdout line.
+fn parse_slim_json(stdout: &[u8]) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("slim_time.py printed no JSON")?;
+    let v: Value = serde_json::from_str(line).with_context(|| format!("slim_time.py printed invalid JSON: {line}"))?;
+    if v["median_s"].as_f64().is_none() {
+        bail!("slim_time.py JSON has no median_s: {line}");
+    }
+    Ok(v)
+}
+
+/// `print!` that shows up before a long measurement starts.
+fn progress(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+}
+
+fn verdict(label: &str, pass: Option<bool>) -> String {
+    match pass {
+        Some(true) => format!("{label} PASS"),
+        Some(false) => format!("{label} MISS"),
+        None => format!("{label} n/a"),
+    }
+}
+
+/// Prints the whole error chain to stderr and returns its first line for the table notes.
+fn short_error(e: &anyhow::Error) -> String {
+    eprintln!("\n{e:#}");
+    format!("{e:#}").lines().next().unwrap_or_default().to_string()
+}
