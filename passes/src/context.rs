@@ -28,6 +28,9 @@ pub struct PassContext {
     /// The graph as it was before `insert-qdq` (node ids match), the float
     /// reference of quantization analyses.
     pub float_graph: Option<qforge_ir::Graph>,
+    /// The engine build the `tensorrt` pass asked for, run by whoever saves
+    /// the model (the CLI) once the ONNX file exists.
+    pub engine_build: Option<crate::tensorrt::build::EngineBuild>,
 }
 
 /// How close a pass's output must be numerically to its input.

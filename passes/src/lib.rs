@@ -19,15 +19,18 @@ pub mod calibrate;
 mod context;
 pub mod insert_qdq;
 mod manager;
+pub mod metric;
 mod numerics;
 pub mod opset;
 mod pipeline;
 pub mod qdq_rules;
 mod registry;
+pub mod tensorrt;
 pub mod util;
 
 pub use context::{PassContext, PassError, PassReport, Tolerance};
 pub use manager::{ManagerOptions, PassManager, PassRun, PrintAfter, RunReport};
+pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};
 pub use pipeline::{Origin, PassStep, Pipeline, Step};
 pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, find_pass, suggest};

@@ -22,6 +22,10 @@ pub struct InspectArgs {
     /// Run the IR verifier and list violations.
     #[arg(long)]
     verify: bool,
+    /// List the nodes of the post-processing tail (no weighted op
+    /// downstream), which insert-qdq keeps float by default; one per line.
+    #[arg(long)]
+    tail: bool,
 }
 
 /// Op type → count, sorted by count then name.
@@ -91,6 +95,13 @@ fn summary(m: &Model) -> String {
 /// Runs the command.
 pub fn run(a: InspectArgs) -> Result<()> {
     let m = qforge_ir::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    if a.tail {
+        let tail = qforge_passes::insert_qdq::tail_nodes(&m.graph);
+        for n in m.graph.nodes().filter(|n| tail.contains(n)) {
+            println!("{}", m.graph.node(n).name());
+        }
+        return Ok(());
+    }
     print!("{}", summary(&m));
     if a.verify {
         match qforge_ir::verify(&m.graph) {

@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 error (bad model, failed pass, I/O), 2 usage.
 
+mod agree;
 mod diff;
 mod inspect;
 mod list;
@@ -30,11 +31,16 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Structural difference of two models.
     Diff(diff::DiffArgs),
+    /// Detection agreement of a candidate (e.g. INT8) YOLO model with its FP32 reference on photos.
+    Agree(agree::AgreeArgs),
 }
 
 /// Parses arguments, runs the command, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // Plugins register passes and metrics through `inventory`; referencing
+    // them keeps the linker from dropping those registrations.
     qforge_passes::builtin::link();
+    qforge_yolo::link();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -50,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::Passes(a) => list::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Agree(a) => agree::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

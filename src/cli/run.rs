@@ -170,6 +170,17 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(path) = &a.report {
         write_report(path, &report, &a)?;
     }
+    if let Some(build) = &cx.engine_build {
+        let out = build.run(&a.output, a.quiet).map_err(anyhow::Error::msg)?;
+        if out.built && !a.quiet {
+            println!(
+                "engine built: {} (throughput {} qps, mean latency {} ms)",
+                out.command,
+                out.throughput_qps.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into()),
+                out.latency_mean_ms.map(|x| format!("{x:.3}")).unwrap_or_else(|| "?".into())
+            );
+        }
+    }
     if !a.quiet {
         println!("{report}");
         println!("wrote {} ({} nodes)", a.output.display(), model.graph.node_count());

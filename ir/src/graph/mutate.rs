@@ -491,6 +491,14 @@ impl Graph {
         Ok(())
     }
 
+    /// Points graph output `index` at another value (its declaration keeps
+    /// its name field, rewritten from the value at export).
+    pub fn set_output_value(&mut self, index: usize, v: ValueId) {
+        if let Some(p) = self.outputs.get_mut(index) {
+            p.value = v;
+        }
+    }
+
     /// Removes a graph output port (the value stays).
     pub fn remove_output(&mut self, index: usize) -> Option<Port> {
         (index < self.outputs.len()).then(|| self.outputs.remove(index))

@@ -9,6 +9,7 @@ pub mod infer_shapes;
 pub mod load_calibration;
 pub mod resize_to_conv_transpose;
 pub mod skip_sensitive;
+pub mod to_fp16;
 pub mod topo_sort;
 
 /// Registrations live in this crate; calling this from a binary guarantees

@@ -5,16 +5,20 @@
 //! how much that recovers, and keep the worst offenders in float. The metric
 //! here is the SQNR of the graph outputs against the float model
 //! (`10·log10(Σy² / Σ(y − ŷ)²)` over the calibration samples), computed with
-//! the runtime on the samples `calibrate` used. A layer is a weighted op or
-//! residual Add whose inputs come from DequantizeLinear.
+//! the runtime on the samples `calibrate` used, or any registered metric
+//! (qforge-yolo's `yolo-map50` judges detections). Ties are broken by SQNR.
+//! A layer is a weighted op or residual Add whose inputs come from
+//! DequantizeLinear.
 
 use std::collections::HashSet;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use qforge_ir::{Graph, Model, NodeId, ValueId};
 use qforge_runtime::{HostTensor, SessionOptions};
 
+use crate::metric::{all_metrics, find_metric, sqnr_db};
 use crate::qdq_rules::{WEIGHTED_OPS, is_residual_add};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
@@ -25,33 +29,44 @@ use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, re
 pub struct SkipSensitive {
     /// Layers to keep in float (the most sensitive first).
     pub top_k: usize,
-    /// Stop skipping once the output SQNR reaches this many dB (then `top_k` is the cap).
-    pub target_sqnr_db: Option<f64>,
+    /// The quality metric (a registered name: `sqnr`, `cosine`, plugin metrics such as `yolo-map50`).
+    pub metric: String,
+    /// Stop skipping once the metric reaches this value (then `top_k` is the cap).
+    pub target: Option<f64>,
     /// Calibration samples used for the measurement.
     pub samples: usize,
     /// Write the full ranking as JSON here (relative: beside the output model).
     pub report: Option<std::path::PathBuf>,
+    /// Also put a skipped layer's weights back in float (default false: the
+    /// int8 weights and their DequantizeLinear stay, only the activation
+    /// goes float, so every layer keeps per-channel int8 weights).
+    pub float_weights: bool,
 }
 
 impl Default for SkipSensitive {
     fn default() -> Self {
-        SkipSensitive { top_k: 3, target_sqnr_db: None, samples: 8, report: None }
+        SkipSensitive { top_k: 3, metric: "sqnr".into(), target: None, samples: 8, report: None, float_weights: false }
     }
 }
 
 impl PassOptions for SkipSensitive {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         ("top_k", "layers to keep in float, most sensitive first (default 3)"),
-        ("target_sqnr_db", "stop once the output SQNR vs float reaches this (top_k is then the cap; default none)"),
+        (
+            "metric",
+            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (yolo-map50); ties broken by SQNR",
+        ),
+        ("target", "stop once the metric reaches this value (top_k is then the cap; default none)"),
         ("samples", "calibration samples used to measure (default 8)"),
         ("report", "write the sensitivity ranking as JSON to this file"),
+        ("float_weights", "also put skipped layers' weights back in float (default false: only activations go float)"),
     ];
 }
 
 register_pass!(
     "skip-sensitive",
     SkipSensitive,
-    "quantized layers => the top-k most sensitive (by output SQNR) back in float"
+    "quantized layers => the top-k most sensitive (by a quality metric vs float) back in float"
 );
 
 fn runtime(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
@@ -70,19 +85,8 @@ fn outputs(g: &Graph, inputs: &[HostTensor], shape: &[usize], what: &str) -> Res
     inputs.iter().map(|x| s.run(std::slice::from_ref(x)).map_err(runtime(what))).collect()
 }
 
-/// SQNR in dB of `test` against `reference`, over all samples and outputs.
-pub fn sqnr_db(reference: &[Vec<HostTensor>], test: &[Vec<HostTensor>]) -> f64 {
-    let (mut sig, mut noise) = (0.0f64, 0.0f64);
-    for (a, b) in reference.iter().zip(test) {
-        for (x, y) in a.iter().zip(b) {
-            for (p, q) in x.to_f64_vec().into_iter().zip(y.to_f64_vec()) {
-                sig += p * p;
-                noise += (p - q) * (p - q);
-            }
-        }
-    }
-    if noise == 0.0 { f64::INFINITY } else { 10.0 * (sig / noise).log10() }
-}
+/// A layer and its (metric, SQNR) with it in float.
+type Ranked = (NodeId, (f64, f64));
 
 /// Quantized layers: nodes with an input read through DequantizeLinear.
 fn quantized_layers(g: &Graph) -> Vec<NodeId> {
@@ -99,9 +103,9 @@ fn quantized_layers(g: &Graph) -> Vec<NodeId> {
         .collect()
 }
 
-/// Rewires `n` to read float inputs: an activation DQ(Q(x)) becomes x, a
-/// quantized weight becomes the float weight of the reference graph.
-fn to_float(g: &mut Graph, n: NodeId, float: &Graph) -> Result<(), PassError> {
+/// Rewires `n` to read float inputs: an activation DQ(Q(x)) becomes x; with
+/// `weights`, a quantized weight becomes the float weight of the reference graph.
+fn to_float(g: &mut Graph, n: NodeId, float: &Graph, weights: bool) -> Result<(), PassError> {
     let inputs: Vec<Option<ValueId>> = g.node(n).inputs().to_vec();
     for (slot, v) in inputs.into_iter().enumerate() {
         let Some(v) = v else { continue };
@@ -110,6 +114,8 @@ fn to_float(g: &mut Graph, n: NodeId, float: &Graph) -> Result<(), PassError> {
         if let Some(q) = src.and_then(|s| g.producer_node(s)).filter(|&q| g.node(q).is_op("QuantizeLinear")) {
             let x = g.node(q).input(0);
             g.set_input(n, slot, x);
+        } else if !weights {
+            continue;
         } else if float.contains_node(n)
             && let Some(fw) = float.node(n).input(slot)
             && let Some(t) = float.constant(fw)
@@ -165,8 +171,30 @@ impl Pass for SkipSensitive {
         if inputs.is_empty() {
             return Err(PassError::msg("no usable calibration sample to measure sensitivity on"));
         }
+        let metric = find_metric(&self.metric).ok_or_else(|| {
+            let names: Vec<&str> = all_metrics().iter().map(|m| m.name).collect();
+            PassError::msg(format!("unknown metric `{}` (metrics: {})", self.metric, names.join(", ")))
+        })?;
         let reference = outputs(&float, &inputs, &shape, "skip-sensitive: float model")?;
-        let base = sqnr_db(&reference, &outputs(g, &inputs, &shape, "skip-sensitive: quantized model")?);
+        let quantized = outputs(g, &inputs, &shape, "skip-sensitive: quantized model")?;
+        let mut r = PassReport::default();
+        // A task metric that cannot judge these samples (e.g. the float model
+        // detects nothing) falls back to SQNR rather than failing the pipeline.
+        let metric = match (metric.score)(&reference, &quantized) {
+            Ok(_) => metric,
+            Err(e) if metric.name != "sqnr" => {
+                r.note(format!("metric {} is unusable here ({e}); ranking by sqnr instead", metric.name));
+                find_metric("sqnr").ok_or_else(|| PassError::msg("the sqnr metric is not registered"))?
+            }
+            Err(e) => return Err(PassError::msg(e)),
+        };
+        // (metric, SQNR): the metric ranks, SQNR breaks ties.
+        let score = |test: &[Vec<HostTensor>]| -> Result<(f64, f64), PassError> {
+            let m =
+                (metric.score)(&reference, test).map_err(|e| PassError::msg(format!("metric {}: {e}", metric.name)))?;
+            Ok((m, sqnr_db(&reference, test)))
+        };
+        let base = score(&quantized)?;
         let layers = quantized_layers(g);
         let bar =
             if cx.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(layers.len() as u64) };
@@ -174,33 +202,47 @@ impl Pass for SkipSensitive {
             indicatif::ProgressStyle::with_template("sensitivity {bar:30} {pos}/{len} layers, ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        let mut ranking: Vec<(NodeId, f64)> = Vec::with_capacity(layers.len());
-        for &l in &layers {
-            let mut trial = g.clone();
-            to_float(&mut trial, l, &float)?;
-            let s = sqnr_db(&reference, &outputs(&trial, &inputs, &shape, "skip-sensitive: trial")?);
-            ranking.push((l, s));
-            bar.inc(1);
-        }
+        // Trials are independent: one per core, each with its own session.
+        let trials: Result<Vec<Ranked>, PassError> = layers
+            .par_iter()
+            .map(|&l| {
+                let mut trial = g.clone();
+                to_float(&mut trial, l, &float, self.float_weights)?;
+                let s = score(&outputs(&trial, &inputs, &shape, "skip-sensitive: trial")?)?;
+                bar.inc(1);
+                Ok((l, s))
+            })
+            .collect();
+        let mut ranking = trials?;
         bar.finish_and_clear();
         // Most sensitive first: the layer whose float version recovers the most.
-        ranking.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut r = PassReport::default();
-        r.note(format!("output SQNR vs float with everything quantized: {base:.2} dB on {} samples", inputs.len()));
+        ranking.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then(b.1.1.total_cmp(&a.1.1)).then(a.0.cmp(&b.0)));
+        let name = metric.name;
+        r.note(format!(
+            "everything quantized: {name} {:.4}, SQNR {:.2} dB on {} samples",
+            base.0,
+            base.1,
+            inputs.len()
+        ));
         let mut skipped: HashSet<NodeId> = HashSet::new();
         let mut current = base;
         for &(l, s) in ranking.iter().take(self.top_k) {
-            if self.target_sqnr_db.is_some_and(|t| current >= t) {
+            if self.target.is_some_and(|t| current.0 >= t) {
                 break;
             }
-            to_float(g, l, &float)?;
+            to_float(g, l, &float, self.float_weights)?;
             skipped.insert(l);
             r.count("layers kept float", 1);
-            r.note(format!("kept {} float (alone: {s:.2} dB, +{:.2})", describe(g, l), s - base));
-            current = sqnr_db(&reference, &outputs(g, &inputs, &shape, "skip-sensitive: result")?);
+            r.note(format!("kept {} float (alone: {name} {:.4}, SQNR {:.2} dB)", describe(g, l), s.0, s.1));
+            current = score(&outputs(g, &inputs, &shape, "skip-sensitive: result")?)?;
         }
         sweep(g);
-        r.note(format!("output SQNR vs float after skipping {}: {current:.2} dB", skipped.len()));
+        r.note(format!(
+            "after keeping {} layer(s) float: {name} {:.4}, SQNR {:.2} dB",
+            skipped.len(),
+            current.0,
+            current.1
+        ));
         if let Some(p) = &self.report {
             let p = match cx.output_path.as_ref().and_then(|o| o.parent()) {
                 Some(dir) if p.is_relative() => dir.join(p),
@@ -209,11 +251,21 @@ impl Pass for SkipSensitive {
             let rows: Vec<serde_json::Value> = ranking
                 .iter()
                 .map(|&(l, s)| {
-                    let name = float.node(l).name().to_string();
-                    serde_json::json!({ "node": name, "op": float.node(l).op_type(), "sqnr_db_if_float": s, "gain_db": s - base, "kept_float": skipped.contains(&l) })
+                    serde_json::json!({
+                        "node": float.node(l).name(),
+                        "op": float.node(l).op_type(),
+                        "metric_if_float": s.0,
+                        "sqnr_db_if_float": s.1,
+                        "kept_float": skipped.contains(&l),
+                    })
                 })
                 .collect();
-            let doc = serde_json::json!({ "metric": "output SQNR vs float (dB)", "all_quantized_db": base, "final_db": current, "layers": rows });
+            let doc = serde_json::json!({
+                "metric": name,
+                "all_quantized": { "metric": base.0, "sqnr_db": base.1 },
+                "final": { "metric": current.0, "sqnr_db": current.1 },
+                "layers": rows,
+            });
             crate::calibrate::table::write_atomic(&p, &serde_json::to_string_pretty(&doc).unwrap_or_default())
                 .map_err(PassError::msg)?;
         }

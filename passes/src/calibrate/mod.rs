@@ -66,6 +66,8 @@ pub struct DataOptions {
     pub seed: Option<u64>,
     /// Go through the data this many times (benchmarks).
     pub repeat: usize,
+    /// Use four views of each photo (itself, mirrored, two 75 % crops).
+    pub views: bool,
     /// `[height, width]` of the model input; fixes dynamic dims.
     pub size: Option<[usize; 2]>,
     /// Keep the aspect ratio and pad (true) or stretch.
@@ -94,6 +96,7 @@ impl Default for DataOptions {
             limit: None,
             seed: None,
             repeat: 1,
+            views: false,
             size: None,
             letterbox: true,
             pad_value: 114,
@@ -151,7 +154,7 @@ impl PassOptions for Calibrate {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         (
             "data",
-            "images: DIR | npy: FILE|DIR, limit, seed, repeat, size: [h, w], letterbox (true), pad_value (114), center (false), bgr (false), scale (1/255), mean, std, layout (nchw)",
+            "images: DIR | npy: FILE|DIR, limit, seed, repeat, views (false: 4 views per photo), size: [h, w], letterbox (true), pad_value (114), center (false), bgr (false), scale (1/255), mean, std, layout (nchw)",
         ),
         ("method", "activation ranges: max | percentile | mse | entropy (default entropy)"),
         ("percentile", "percentile for method percentile (default 99.99)"),
@@ -250,6 +253,9 @@ impl Calibrate {
         let mut ds = Dataset::open(&source, shape, &prep).map_err(|e| PassError::msg(e.to_string()))?;
         if let Some(n) = d.limit {
             ds.limit(n, d.seed);
+        }
+        if d.views {
+            ds.augment_views();
         }
         ds.repeat(d.repeat);
         Ok(ds)

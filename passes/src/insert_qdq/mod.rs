@@ -23,7 +23,8 @@ use qforge_ir::{DataType, Graph, InsertAt, NewNode, NodeId, Tensor, TypeInfo, Va
 use crate::qdq_rules::{WEIGHTED_OPS, is_activation, is_residual_add, weight_and_axis};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
-use placement::{Excluder, Groups, tail_nodes};
+pub use placement::tail_nodes;
+use placement::{Excluder, Groups};
 
 /// User exclusions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,267 @@
+//! INT8 for TensorRT: Q/DQ placement (snapshot), the legality check, the
+//! engine step without TensorRT, and the yolo-int8 pipeline on nudenet.
+
+mod common;
+
+use std::path::Path;
+
+use qforge_ir::{DataType, parse_graph};
+use qforge_passes::{ManagerOptions, PassContext, PassManager, Pipeline, find_pass};
+use qforge_runtime::write_npy;
+
+/// Conv-BN-SiLU twice, Concat, MaxPool, Resize (nearest ×2), a residual
+/// Add, and a final Conv.
+const SMALL: &str = r#"
+graph small {
+  opset ai.onnx 13
+  input %x: f32[1,3,8,8]
+  init @w0: f32[4,3,3,3] = rand(1)
+  init @g0: f32[4] = [1.0,0.5,2.0,1.5]
+  init @b0: f32[4] = [0.1,0.0,-0.1,0.2]
+  init @m0: f32[4] = fill(0.0)
+  init @v0: f32[4] = fill(1.0)
+  init @w1: f32[4,4,1,1] = rand(2)
+  init @w2: f32[8,8,1,1] = rand(3)
+  init @scales: f32[4] = [1.0,1.0,2.0,2.0]
+  init @w3: f32[8,8,1,1] = rand(4)
+  %c0 = Conv(%x, @w0) {kernel_shape=[3,3], pads=[1,1,1,1], strides=[2,2]}  # conv0
+  %n0 = BatchNormalization(%c0, @g0, @b0, @m0, @v0)  # bn0
+  %s0 = Sigmoid(%n0)  # sig0
+  %a0 = Mul(%n0, %s0)  # silu0
+  %c1 = Conv(%a0, @w1) {kernel_shape=[1,1]}  # conv1
+  %cat = Concat(%a0, %c1) {axis=1}  # cat
+  %p = MaxPool(%cat) {kernel_shape=[3,3], pads=[1,1,1,1], strides=[1,1]}  # pool
+  %c2 = Conv(%p, @w2) {kernel_shape=[1,1]}  # conv2
+  %r = Add(%c2, %cat)  # residual
+  %up = Resize(%r, _, @scales) {coordinate_transformation_mode="asymmetric", mode="nearest", nearest_mode="floor"}  # up
+  %y = Conv(%up, @w3) {kernel_shape=[1,1]}  # head
+  output %y
+}
+"#;
+
+fn random_npy(dir: &Path, n: usize, shape: &[usize]) {
+    let mut x: u64 = 42;
+    for i in 0..n {
+        let len: usize = shape.iter().product();
+        let data: Vec<f32> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        write_npy(&dir.join(format!("{i}.npy")), shape, &data).unwrap();
+    }
+}
+
+#[test]
+fn insert_qdq_placement_and_shared_scales() {
+    qforge_passes::builtin::link();
+    let dir = common::tempdir();
+    random_npy(dir.path(), 4, &[1, 3, 8, 8]);
+    let yaml = format!(
+        "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - resize-to-conv-transpose\n  - calibrate: {{method: max, data: {{npy: {:?}}}}}\n  - insert-qdq: {{exclude_tail: false, quantize_ops: [MaxPool]}}\n",
+        dir.path().to_str().unwrap()
+    );
+    let pipeline = Pipeline::parse(&yaml, "test.yaml").unwrap();
+    let pm = PassManager::new(&pipeline, ManagerOptions::default()).unwrap();
+    let mut g = parse_graph(SMALL).unwrap();
+    let mut cx = PassContext { quiet: true, ..Default::default() };
+    pm.run(&mut g, &mut cx).unwrap();
+    qforge_ir::verify(&g).unwrap();
+    let text = qforge_ir::print_graph(&g, &qforge_ir::PrintOptions { max_elements: 8, initializers: false });
+    // Concat inputs and output, MaxPool in/out and the Add's inputs share one
+    // scale; the conv inputs read the shared DQ of each tensor.
+    insta::with_settings!({ omit_expression => true }, { insta::assert_snapshot!(text) });
+    let scale = |name: &str| {
+        let v = g.find_value(&format!("{name}_scale")).unwrap_or_else(|| panic!("no scale for {name}"));
+        g.initializer(v).unwrap().to_vec::<f32>().unwrap()[0]
+    };
+    // a0 and c1 join in the Concat, which feeds the MaxPool: one group.
+    assert_eq!(scale("cat"), scale("a0"));
+    assert_eq!(scale("cat"), scale("p"));
+    assert!(g.find_value("c1_scale").is_none(), "c1 feeds no weighted op: no pair of its own");
+    // Every weighted op reads int8 weights through a per-channel DQ.
+    for n in g.nodes() {
+        let node = g.node(n);
+        if node.is_op("Conv") || node.is_op("ConvTranspose") {
+            let dq = g.producer_node(node.input(1).unwrap()).unwrap();
+            assert!(g.node(dq).is_op("DequantizeLinear"), "{}", node.name());
+            let w = g.node(dq).input(0).unwrap();
+            assert_eq!(g.dtype(w), Some(DataType::I8));
+        }
+    }
+}
+
+fn tensorrt_error(text: &str) -> String {
+    qforge_passes::builtin::link();
+    let mut g = parse_graph(text).unwrap();
+    let pass = (find_pass("tensorrt").unwrap().create)(&serde_json::json!({ "build": "never" })).unwrap();
+    match pass.run(&mut g, &mut PassContext::default()) {
+        Ok(r) => panic!("accepted: {r:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn legality_reports_zero_point_3() {
+    let e = tensorrt_error(
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.1]\n  init @z: i8[] = [3]\n  init @w: f32[2,2,1,1] = rand(1)\n  %q = QuantizeLinear(%x, @s, @z)  # q\n  %d = DequantizeLinear(%q, @s, @z)  # dq\n  %y = Conv(%d, @w)  # conv\n  output %y\n}\n",
+    );
+    assert!(e.contains("\"q\" (QuantizeLinear): zero point 3, TensorRT needs 0"), "{e}");
+    assert!(e.contains("\"dq\" (DequantizeLinear): zero point 3, TensorRT needs 0"), "{e}");
+}
+
+#[test]
+fn legality_reports_per_channel_scale_on_the_wrong_axis() {
+    let e = tensorrt_error(
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,3,4,4]\n  init @wq: i8[2,3,1,1] = [1,2,3,4,5,6]\n  init @ws: f32[3] = [0.1,0.2,0.3]\n  init @wz: i8[3] = [0,0,0]\n  %w = DequantizeLinear(@wq, @ws, @wz) {axis=1}  # wdq\n  %y = Conv(%x, %w)  # conv\n  output %y\n}\n",
+    );
+    assert!(
+        e.contains("\"wdq\" (DequantizeLinear): per-channel axis 1 on the weight of \"conv\" (Conv), TensorRT needs axis 0 (its output channels)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn legality_reports_opset_11() {
+    let e = tensorrt_error(
+        "graph g {\n  opset ai.onnx 11\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.1]\n  init @z: i8[] = [0]\n  %q = QuantizeLinear(%x, @s, @z)  # q\n  %d = DequantizeLinear(%q, @s, @z)  # dq\n  output %d\n}\n",
+    );
+    assert!(e.contains("opset 11: TensorRT's Q/DQ (per-channel axis) needs opset 13 or later"), "{e}");
+}
+
+fn small_qdq_model(dir: &Path) -> std::path::PathBuf {
+    let g = parse_graph(
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.1]\n  init @z: i8[] = [0]\n  init @w: f32[2,2,1,1] = rand(1)\n  %q = QuantizeLinear(%x, @s, @z)  # q\n  %d = DequantizeLinear(%q, @s, @z)  # dq\n  %y = Conv(%d, @w)  # conv\n  output %y\n}\n",
+    )
+    .unwrap();
+    let p = dir.join("qdq.onnx");
+    qforge_ir::save(&qforge_ir::Model::new(g), &p, &Default::default()).unwrap();
+    p
+}
+
+#[test]
+fn engine_step_without_tensorrt_prints_the_command_or_fails_when_required() {
+    let dir = common::tempdir();
+    let model = small_qdq_model(dir.path());
+    let out = dir.path().join("out.onnx");
+    let run = |build: &str| {
+        let pipe = dir.path().join("p.yaml");
+        std::fs::write(&pipe, format!("passes:\n  - tensorrt: {{build: {build}}}\n")).unwrap();
+        common::qforge()
+            .args(["run", pipe.to_str().unwrap(), "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let o = run("auto");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let cmd = format!(
+        "trtexec --onnx={} --saveEngine={} --int8 --fp16",
+        out.display(),
+        dir.path().join("out.engine").display()
+    );
+    assert!(err.contains("TensorRT (trtexec) is not installed here") && err.contains(&cmd), "{err}");
+    assert!(out.exists());
+    std::fs::remove_file(&out).unwrap();
+    let o = run("required");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error:") && l.contains("not installed here")), "{err}");
+    assert!(err.contains(&cmd), "{err}");
+}
+
+#[test]
+fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
+    let Some(model) = common::model("nudenet-320n.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    let dir = common::tempdir();
+    let out = dir.path().join("nudenet.int8.onnx");
+    let o = common::qforge()
+        .args(["run", "pipelines/yolo-int8.yaml", "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args([
+            "--calib",
+            photos.to_str().unwrap(),
+            "--input-shape",
+            "images=1,3,320,320",
+            "--set",
+            "skip-sensitive.samples=16",
+        ])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.path().join("nudenet.int8.cache").exists());
+    let m = qforge_ir::load(&out).unwrap();
+    let g = &m.graph;
+    qforge_ir::verify(g).unwrap();
+    assert!(qforge_passes::tensorrt::legality::check(g, true).errors.is_empty());
+    for n in g.nodes() {
+        let node = g.node(n);
+        if node.is_op("QuantizeLinear") || node.is_op("DequantizeLinear") {
+            let z = g.constant(node.input(2).unwrap()).unwrap();
+            assert_eq!(z.dtype(), Some(DataType::I8));
+            assert!(z.to_i64_vec().unwrap().iter().all(|&v| v == 0), "{}", node.name());
+        }
+        if node.is_op("Conv") {
+            let dq = g.producer_node(node.input(1).unwrap()).expect("conv weight from a DQ");
+            let w = g.node(dq).input(0).unwrap();
+            assert_eq!(g.dtype(w), Some(DataType::I8), "{} weights", node.name());
+            let scale = g.constant(g.node(dq).input(1).unwrap()).unwrap();
+            let cout = g.known_dims(w).unwrap()[0];
+            assert!(cout == 1 || scale.numel() as i64 == cout, "{}: per-channel scales", node.name());
+        }
+    }
+    // tract runs it (the agreement below), ONNX Runtime too.
+    if common::python_ort() {
+        let r =
+            common::ort_compare(&model, &out, &["--input-shape", "1,3,320,320", "--images", photos.to_str().unwrap()]);
+        assert!(r["runs"].as_u64().unwrap() >= 5, "{r}");
+    }
+    let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320).unwrap();
+    eprintln!("nudenet INT8 vs FP32: {a}");
+    assert!(a.map50 >= 0.90, "mAP50 vs FP32 {a}");
+}
+
+#[test]
+fn to_fp16_keeps_the_interface_and_runs_in_onnxruntime() {
+    let Some(model) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let dir = common::tempdir();
+    let pipe = dir.path().join("fp16.yaml");
+    std::fs::write(
+        &pipe,
+        format!(
+            "include: [{:?}]\npasses:\n  - to-fp16\n",
+            common::root().join("pipelines/fold.yaml").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("fp16.onnx");
+    let o = common::qforge()
+        .args(["run", pipe.to_str().unwrap(), "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = qforge_ir::load(&out).unwrap();
+    let g = &m.graph;
+    let io: Vec<_> = g.runtime_inputs().into_iter().chain(g.outputs().iter().map(|p| p.value)).collect();
+    for v in io {
+        assert_eq!(g.dtype(v), Some(DataType::F32), "{} must stay FP32", g.value_name(v));
+    }
+    let convs16 = g
+        .nodes()
+        .filter(|&n| g.node(n).is_op("Conv"))
+        .filter(|&n| g.dtype(g.node(n).output(0).unwrap()) == Some(DataType::F16))
+        .count();
+    assert_eq!(convs16, 60, "every Conv computes in FP16");
+    if common::python_ort() {
+        let r = common::ort_compare(&model, &out, &[]);
+        let rel = r["max_rel"].as_f64().unwrap();
+        eprintln!("yolov5n FP16 vs FP32 in ONNX Runtime: max relative difference {rel:.2e}");
+        assert!(rel < 1e-2, "{r}");
+    }
+}
