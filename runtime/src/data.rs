@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
 
 use crate::host::HostTensor;
@@ -93,8 +92,13 @@ pub enum Source {
 /// One sample.
 #[derive(Debug, Clone)]
 enum Item {
-    Image(PathBuf),
-    Npy { path: PathBuf, offset: u64, f64: bool },
+    /// A photo and which of its views (0 = the photo itself, see [`view`]).
+    Image(PathBuf, u8),
+    Npy {
+        path: PathBuf,
+        offset: u64,
+        f64: bool,
+    },
 }
 
 /// An ordered, lazily loaded set of samples for one model input.
@@ -217,7 +221,7 @@ impl Dataset {
                 files.sort();
                 for f in files {
                     if has_ext(&f, IMAGE_EXT) {
-                        items.push(Item::Image(f));
+                        items.push(Item::Image(f, 0));
                     } else {
                         skipped.push(format!("{}: not a .jpg/.jpeg/.png file", f.display()));
                     }
@@ -308,6 +312,20 @@ impl Dataset {
         }
     }
 
+    /// Turns every photo into four samples: the photo, its mirror image, and
+    /// its top-left and bottom-right 75 % crops (what the reference
+    /// evaluation scripts score), so a few photos calibrate like more.
+    pub fn augment_views(&mut self) {
+        let mut out = Vec::with_capacity(self.items.len() * 4);
+        for it in &self.items {
+            match it {
+                Item::Image(p, 0) => out.extend((0..4).map(|v| Item::Image(p.clone(), v))),
+                other => out.push(other.clone()),
+            }
+        }
+        self.items = out;
+    }
+
     /// Repeats the sample list `times` times (benchmarks: same data, more work).
     pub fn repeat(&mut self, times: usize) {
         let one = self.items.clone();
@@ -329,20 +347,20 @@ impl Dataset {
     /// The file a sample comes from.
     pub fn path(&self, i: usize) -> &Path {
         match &self.items[i] {
-            Item::Image(p) | Item::Npy { path: p, .. } => p,
+            Item::Image(p, _) | Item::Npy { path: p, .. } => p,
         }
     }
 
     /// Loads and preprocesses sample `i` into a tensor of the input shape.
     pub fn load(&self, i: usize) -> Result<HostTensor, DataError> {
         match &self.items[i] {
-            Item::Image(p) => {
+            Item::Image(p, v) => {
                 let img = image::ImageReader::open(p)
                     .and_then(|r| r.with_guessed_format())
                     .map_err(|e| DataError::Sample { path: p.clone(), reason: e.to_string() })?
                     .decode()
                     .map_err(|e| DataError::Sample { path: p.clone(), reason: format!("cannot decode: {e}") })?;
-                Ok(preprocess(&img.to_rgb8(), &self.shape, &self.prep))
+                Ok(preprocess(&view(&img.to_rgb8(), *v), &self.shape, &self.prep))
             }
             Item::Npy { path, offset, f64 } => {
                 let n: usize = self.shape.iter().product();
@@ -365,14 +383,34 @@ impl Dataset {
     }
 }
 
+/// View `v` of a photo: 0 the photo, 1 mirrored, 2 the top-left 75 % crop,
+/// 3 the bottom-right 75 % crop (crop boxes truncated like Python's `int()`).
+pub fn view(img: &RgbImage, v: u8) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (w3, h3) = ((f64::from(w) * 0.75) as u32, (f64::from(h) * 0.75) as u32);
+    let (w1, h1) = ((f64::from(w) * 0.25) as u32, (f64::from(h) * 0.25) as u32);
+    match v {
+        1 => image::imageops::flip_horizontal(img),
+        2 => image::imageops::crop_imm(img, 0, 0, w3.max(1), h3.max(1)).to_image(),
+        3 => image::imageops::crop_imm(img, w1, h1, (w - w1).max(1), (h - h1).max(1)).to_image(),
+        _ => img.clone(),
+    }
+}
+
 /// Resizes (letterbox or stretch) and normalises one RGB image.
+///
+/// Pixel for pixel what the Python tools compute with PIL: the letterbox
+/// scale is `min(w_t / w, h_t / h)`, sides are rounded half-to-even (Python's
+/// `round`), the resize is Pillow's bilinear ([`crate::resize::resize_bilinear`]),
+/// and a scale of `1/k` divides by `k` (as `array / 255.`) rather than
+/// multiplying by a rounded reciprocal.
 pub fn preprocess(img: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor {
     let (h, w) = if p.nhwc { (shape[1], shape[2]) } else { (shape[2], shape[3]) };
     let canvas = if p.letterbox {
         let r = (w as f64 / img.width() as f64).min(h as f64 / img.height() as f64);
-        let nw = ((img.width() as f64 * r).round() as u32).clamp(1, w as u32);
-        let nh = ((img.height() as f64 * r).round() as u32).clamp(1, h as u32);
-        let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
+        let side = |s: u32, max: usize| ((f64::from(s) * r).round_ties_even() as u32).clamp(1, max as u32);
+        let (nw, nh) = (side(img.width(), w), side(img.height(), h));
+        let resized = crate::resize::resize_bilinear(img, nw, nh);
         let mut c = RgbImage::from_pixel(w as u32, h as u32, Rgb([p.pad_value; 3]));
         let (x0, y0) = match p.pad_position {
             PadPosition::TopLeft => (0, 0),
@@ -381,13 +419,20 @@ pub fn preprocess(img: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor
         image::imageops::replace(&mut c, &resized, i64::from(x0), i64::from(y0));
         c
     } else {
-        image::imageops::resize(img, w as u32, h as u32, FilterType::Triangle)
+        crate::resize::resize_bilinear(img, w as u32, h as u32)
     };
+    let inv = 1.0 / f64::from(p.scale);
+    let divisor = ((inv - inv.round()).abs() < 1e-6 * inv.abs()).then(|| inv.round() as f32);
     let mut data = vec![0f32; 3 * h * w];
     for (x, y, px) in canvas.enumerate_pixels() {
         for c in 0..3 {
             let src = if p.bgr { 2 - c } else { c };
-            let v = (f32::from(px.0[src]) * p.scale - p.mean[c]) / p.std[c];
+            let raw = f32::from(px.0[src]);
+            let scaled = match divisor {
+                Some(d) => raw / d,
+                None => raw * p.scale,
+            };
+            let v = (scaled - p.mean[c]) / p.std[c];
             let idx =
                 if p.nhwc { (y as usize * w + x as usize) * 3 + c } else { c * h * w + y as usize * w + x as usize };
             data[idx] = v;

@@ -11,6 +11,7 @@
 pub mod data;
 mod host;
 mod random;
+pub mod resize;
 mod tract_engine;
 
 use std::collections::BTreeMap;
