@@ -265,3 +265,63 @@ fn to_fp16_keeps_the_interface_and_runs_in_onnxruntime() {
         assert!(rel < 1e-2, "{r}");
     }
 }
+
+fn run_pipeline(g: &mut qforge_ir::Graph, yaml: &str) -> Result<qforge_passes::RunReport, String> {
+    qforge_passes::builtin::link();
+    let pipeline = Pipeline::parse(yaml, "test.yaml").map_err(|e| e.to_string())?;
+    let pm = PassManager::new(&pipeline, ManagerOptions::default()).map_err(|e| e.to_string())?;
+    pm.run(g, &mut PassContext { quiet: true, ..Default::default() }).map_err(|e| e.to_string())
+}
+
+#[test]
+fn models_that_already_hold_qdq_are_refused_kept_or_requantized() {
+    let dir = common::tempdir();
+    random_npy(dir.path(), 2, &[1, 2, 4, 4]);
+    let model = small_qdq_model(dir.path());
+    let base = qforge_ir::load(&model).unwrap().graph;
+    let npy = dir.path().to_str().unwrap().to_string();
+    let yaml = |mode: &str| {
+        format!(
+            "passes:\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{on_quantized: {mode}}}\n"
+        )
+    };
+    let mut g = base.clone();
+    let e = run_pipeline(&mut g, &yaml("error")).unwrap_err();
+    assert!(e.contains("already holds 2 QuantizeLinear/DequantizeLinear nodes") && e.contains("on_quantized"), "{e}");
+    let mut g = base.clone();
+    let r = run_pipeline(&mut g, &yaml("keep")).unwrap();
+    assert_eq!(g.to_string(), base.to_string(), "keep leaves the model as it is");
+    assert!(r.runs.iter().any(|p| p.report.get("existing Q/DQ kept") == 2));
+    let mut g = base.clone();
+    let r = run_pipeline(&mut g, &yaml("requantize")).unwrap();
+    let ins = r.runs.iter().find(|p| p.name == "insert-qdq").unwrap();
+    assert_eq!(ins.report.get("existing Q/DQ stripped"), 2);
+    assert_eq!(ins.report.get("activation Q/DQ pairs"), 1, "{ins:?}");
+    assert_eq!(ins.report.get("weights quantized"), 1);
+    qforge_ir::verify(&g).unwrap();
+}
+
+#[test]
+fn weights_can_be_stored_as_float_qdq_and_pairs_dedicated() {
+    let dir = common::tempdir();
+    random_npy(dir.path(), 2, &[1, 3, 8, 8]);
+    let npy = dir.path().to_str().unwrap().to_string();
+    let mut g = parse_graph(SMALL).unwrap();
+    let yaml = format!(
+        "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{exclude_tail: false, weights: qdq, dedicated_pairs: true, quantize_ops: [MaxPool]}}\n"
+    );
+    run_pipeline(&mut g, &yaml).unwrap();
+    qforge_ir::verify(&g).unwrap();
+    // Float weights behind Q/DQ, and `cat` (read by the residual Add and the
+    // MaxPool's consumer chain) gets one pair per consumer.
+    let conv0 = g.find_node("conv0").unwrap();
+    let wdq = g.producer_node(g.node(conv0).input(1).unwrap()).unwrap();
+    let wq = g.producer_node(g.node(wdq).input(0).unwrap()).unwrap();
+    assert!(g.node(wq).is_op("QuantizeLinear"));
+    assert_eq!(g.dtype(g.node(wq).input(0).unwrap()), Some(DataType::F32));
+    let pairs = |t: &str| {
+        g.nodes().filter(|&n| g.node(n).is_op("QuantizeLinear") && g.node(n).input(0) == g.find_value(t)).count()
+    };
+    assert_eq!(pairs("a0"), 1, "a0 has one quantized reader (conv1)");
+    assert_eq!(pairs("cat"), 2, "cat is read by the MaxPool and the residual Add: a pair each");
+}

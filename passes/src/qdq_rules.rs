@@ -30,8 +30,9 @@ pub fn is_residual_add(g: &Graph, n: NodeId) -> bool {
 }
 
 /// The activation tensors a quantized graph may carry in INT8: inputs of
-/// weighted ops, both inputs of residual Adds, and the data inputs and
-/// outputs of scale-sharing ops. In graph order, without duplicates.
+/// weighted ops, both inputs of residual Adds, the data inputs and outputs
+/// of scale-sharing ops, and the inputs of existing QuantizeLinear nodes.
+/// In graph order, without duplicates.
 pub fn activation_targets(g: &Graph) -> Vec<ValueId> {
     let mut out: Vec<ValueId> = Vec::new();
     let push = |v: ValueId, out: &mut Vec<ValueId>| {
@@ -53,6 +54,13 @@ pub fn activation_targets(g: &Graph) -> Vec<ValueId> {
                 {
                     push(v, &mut out);
                 }
+            }
+        } else if op == "QuantizeLinear" {
+            // A model that already holds Q/DQ (QAT export): calibrate the
+            // float tensors being quantized, so `on_quantized: requantize`
+            // has ranges once the old pairs are stripped.
+            if let Some(v) = node.input(0) {
+                push(v, &mut out);
             }
         } else if is_residual_add(g, n) {
             node.inputs().iter().flatten().for_each(|&v| push(v, &mut out));
