@@ -91,24 +91,22 @@ pub fn all_float_activations(g: &Graph) -> Vec<ValueId> {
     out
 }
 
-/// The weight input of a weighted op and its output-channel axis
-/// (Conv/Gemm with transB: 0; ConvTranspose, Gemm without transB, MatMul: 1).
-pub fn weight_and_axis(g: &Graph, n: NodeId) -> Option<(ValueId, usize)> {
+/// The output-channel axis of the weight (input 1) of a weighted op:
+/// Conv and Gemm with transB: 0; ConvTranspose, Gemm without transB, MatMul: 1.
+pub fn weight_axis(g: &Graph, n: NodeId) -> Option<usize> {
     let node = g.node(n);
-    let w = node.input(1)?;
-    g.constant(w)?;
-    let axis = match node.op_type() {
+    Some(match node.op_type() {
         "Conv" => 0,
         "ConvTranspose" => 1,
-        "Gemm" => {
-            if node.attr_int("transB") == Some(1) {
-                0
-            } else {
-                1
-            }
-        }
-        "MatMul" => 1,
+        "Gemm" if node.attr_int("transB") == Some(1) => 0,
+        "Gemm" | "MatMul" => 1,
         _ => return None,
-    };
-    Some((w, axis))
+    })
+}
+
+/// The constant weight of a weighted op and its output-channel axis.
+pub fn weight_and_axis(g: &Graph, n: NodeId) -> Option<(ValueId, usize)> {
+    let w = g.node(n).input(1)?;
+    g.constant(w)?;
+    Some((w, weight_axis(g, n)?))
 }

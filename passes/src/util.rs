@@ -36,3 +36,29 @@ pub fn remove_if_unused(g: &mut Graph, vs: impl IntoIterator<Item = ValueId>) {
         }
     }
 }
+
+/// Removes, until none is left, the nodes matching `pred` whose outputs
+/// nothing reads, with their outputs and the constants only they used.
+/// Returns how many nodes went.
+pub fn remove_dead(g: &mut Graph, pred: impl Fn(&Graph, NodeId) -> bool) -> usize {
+    let mut removed = 0;
+    loop {
+        let dead: Vec<NodeId> = g
+            .nodes()
+            .filter(|&n| pred(g, n) && g.node(n).outputs().iter().flatten().all(|&v| g.reader_count(v) == 0))
+            .collect();
+        if dead.is_empty() {
+            return removed;
+        }
+        for n in dead {
+            let outs: Vec<ValueId> = g.node(n).outputs().iter().flatten().copied().collect();
+            let ins: Vec<ValueId> = g.node(n).inputs().iter().flatten().copied().collect();
+            g.remove_node(n);
+            for v in outs {
+                let _ = g.remove_value(v);
+            }
+            remove_if_unused(g, ins);
+            removed += 1;
+        }
+    }
+}

@@ -129,32 +129,6 @@ fn to_float(g: &mut Graph, n: NodeId, float: &Graph, weights: bool) -> Result<()
     Ok(())
 }
 
-/// Removes Q/DQ nodes (and their constants) that nothing reads any more.
-fn sweep(g: &mut Graph) {
-    loop {
-        let dead: Vec<NodeId> = g
-            .nodes()
-            .filter(|&n| {
-                let node = g.node(n);
-                (node.is_op("QuantizeLinear") || node.is_op("DequantizeLinear"))
-                    && node.outputs().iter().flatten().all(|&v| g.reader_count(v) == 0)
-            })
-            .collect();
-        if dead.is_empty() {
-            return;
-        }
-        for n in dead {
-            let outs: Vec<ValueId> = g.node(n).outputs().iter().flatten().copied().collect();
-            let ins: Vec<ValueId> = g.node(n).inputs().iter().flatten().copied().collect();
-            g.remove_node(n);
-            for v in outs {
-                let _ = g.remove_value(v);
-            }
-            crate::util::remove_if_unused(g, ins);
-        }
-    }
-}
-
 impl Pass for SkipSensitive {
     fn tolerance(&self) -> Tolerance {
         Tolerance::Approximate
@@ -236,7 +210,7 @@ impl Pass for SkipSensitive {
             r.note(format!("kept {} float (alone: {name} {:.4}, SQNR {:.2} dB)", describe(g, l), s.0, s.1));
             current = score(&outputs(g, &inputs, &shape, "skip-sensitive: result")?)?;
         }
-        sweep(g);
+        crate::util::remove_dead(g, |g, n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"));
         r.note(format!(
             "after keeping {} layer(s) float: {name} {:.4}, SQNR {:.2} dB",
             skipped.len(),

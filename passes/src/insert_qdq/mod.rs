@@ -229,21 +229,7 @@ pub fn strip_qdq(g: &mut Graph) -> Result<usize, PassError> {
             removed += 1;
         }
     }
-    for n in g.node_ids() {
-        if g.contains_node(n)
-            && g.node(n).is_op("QuantizeLinear")
-            && g.node(n).outputs().iter().flatten().all(|&v| g.reader_count(v) == 0)
-        {
-            let outs: Vec<ValueId> = g.node(n).outputs().iter().flatten().copied().collect();
-            let ins: Vec<ValueId> = g.node(n).inputs().iter().flatten().copied().collect();
-            g.remove_node(n);
-            for v in outs {
-                let _ = g.remove_value(v);
-            }
-            crate::util::remove_if_unused(g, ins);
-            removed += 1;
-        }
-    }
+    removed += crate::util::remove_dead(g, |g, n| g.node(n).is_op("QuantizeLinear"));
     Ok(removed)
 }
 

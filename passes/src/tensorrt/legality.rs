@@ -57,24 +57,6 @@ fn produced_by(g: &Graph, v: ValueId, op: &str) -> Option<NodeId> {
     g.producer_node(v).filter(|&p| g.node(p).is_op(op))
 }
 
-/// The expected per-channel axis of a weight read by `consumer` at slot 1.
-fn weight_axis(g: &Graph, consumer: NodeId) -> Option<i64> {
-    let node = g.node(consumer);
-    Some(match node.op_type() {
-        "Conv" => 0,
-        "ConvTranspose" => 1,
-        "Gemm" => {
-            if node.attr_int("transB") == Some(1) {
-                0
-            } else {
-                1
-            }
-        }
-        "MatMul" => 1,
-        _ => return None,
-    })
-}
-
 /// Checks `g`; `fp16` says whether float layers will run in FP16.
 pub fn check(g: &Graph, fp16: bool) -> Legality {
     let mut l = Legality::default();
@@ -142,7 +124,7 @@ pub fn check(g: &Graph, fp16: bool) -> Legality {
             } else if is_dq {
                 let out = node.output(0);
                 for u in out.map(|o| g.uses(o).to_vec()).unwrap_or_default() {
-                    if let Some(want) = weight_axis(g, u.node) {
+                    if let Some(want) = crate::qdq_rules::weight_axis(g, u.node).map(|a| a as i64) {
                         let rank = out.and_then(|o| g.known_dims(o)).map(|d| d.len() as i64).unwrap_or(4);
                         let got = if axis < 0 { axis + rank } else { axis };
                         if got != want {
