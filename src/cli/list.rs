@@ -30,6 +30,13 @@ pub fn run(a: PassesArgs) -> Result<()> {
         }
         println!();
     }
+    if a.name.is_none() {
+        println!("metrics (skip-sensitive.metric):");
+        for m in qforge_passes::all_metrics() {
+            println!("    {:<12} {}", m.name, m.about);
+        }
+        println!();
+    }
     println!("Use in a pipeline as `- NAME` or `- NAME: {{option: value}}`; override with --set NAME.option=value.");
     Ok(())
 }
