@@ -436,13 +436,48 @@ fn entropy_bin(counts: &[f64]) -> Option<usize> {
     }
     let mut bins = counts.to_vec();
     bins[0] = bins[1];
-    let mut q = vec![0.0; bins.len()];
-    let (mut sums, mut nonzero) = (vec![0.0; LEVELS], vec![0u32; LEVELS]);
-    let mut best = (f64::INFINITY, bins.len());
-    for i in START_BIN..=bins.len() {
-        let (head, tail) = bins.split_at(i);
-        quantize_expand(head, &mut sums, &mut nonzero, &mut q[..i]);
-        let kl = kl_divergence(head, tail.iter().sum(), &q[..i]);
+    let n = bins.len();
+    // Prefix sums make each candidate O(levels) instead of O(i): with
+    // T = Σ all bins (P's total, outliers included), C(i) = Σ_{k<i} c_k (Q's
+    // total) and p'_k the P counts, scipy's entropy is
+    //   KL = (1/T)·Σ p' ln p' − ln T + ln C(i) − (1/T)·Σ_L ln(S_L/nz_L)·Σ_{k∈L} p'_k
+    // where level L holds bins k < i with ⌊128k/i⌋ = L, S_L their total and
+    // nz_L the number of non-zero ones (zero bins get no Q mass).
+    let xlnx = |x: f64| if x > 0.0 { x * x.ln() } else { 0.0 };
+    let mut c = vec![0.0; n + 1];
+    let mut nz = vec![0u32; n + 1];
+    let mut cl = vec![0.0; n + 1];
+    for (k, &b) in bins.iter().enumerate() {
+        c[k + 1] = c[k] + b;
+        nz[k + 1] = nz[k] + u32::from(b != 0.0);
+        cl[k + 1] = cl[k] + xlnx(b);
+    }
+    let total = c[n];
+    let mut best = (f64::INFINITY, n);
+    for i in START_BIN..=n {
+        let outliers = total - c[i];
+        let last = bins[i - 1];
+        let kl = if c[i] == 0.0 || total == 0.0 || (outliers > 0.0 && last == 0.0) {
+            f64::INFINITY
+        } else {
+            let mut weighted = 0.0;
+            let mut q_last = 0.0;
+            for l in 0..LEVELS {
+                let (a, b) = ((l * i).div_ceil(LEVELS), ((l + 1) * i).div_ceil(LEVELS));
+                let (sum, count) = (c[b] - c[a], nz[b] - nz[a]);
+                if count > 0 {
+                    let lnq = (sum / f64::from(count)).ln();
+                    weighted += sum * lnq;
+                    if (a..b).contains(&(i - 1)) {
+                        q_last = lnq;
+                    }
+                }
+            }
+            // The last bin also carries the outliers, in P only.
+            weighted += outliers * q_last;
+            let plnp = cl[i - 1] + xlnx(last + outliers);
+            (plnp - weighted) / total - total.ln() + c[i].ln()
+        };
         if kl <= best.0 {
             best = (kl, i);
         }
@@ -450,9 +485,10 @@ fn entropy_bin(counts: &[f64]) -> Option<usize> {
     Some(best.1)
 }
 
-/// TensorRT's `Q`: merges `bins` into `sums.len()` levels (bin `k` in level
+/// TensorRT's `Q` (the direct form, kept as the tests' cross-check): merges `bins` into `sums.len()` levels (bin `k` in level
 /// `floor(levels·k / n)`), leaving zero bins out, and expands back so each
 /// non-zero bin gets its level's total over its level's non-zero bins.
+#[cfg(test)]
 fn quantize_expand(bins: &[f64], sums: &mut [f64], nonzero: &mut [u32], q: &mut [f64]) {
     let (n, levels) = (bins.len(), sums.len());
     sums.fill(0.0);
@@ -471,6 +507,7 @@ fn quantize_expand(bins: &[f64], sums: &mut [f64], nonzero: &mut [u32], q: &mut 
 
 /// scipy's `entropy(P, Q)` where `P` is `head` with `outliers` added to its
 /// last bin; `+∞` where `p > 0` meets `q = 0` or when `Q` sums to 0.
+#[cfg(test)]
 fn kl_divergence(head: &[f64], outliers: f64, q: &[f64]) -> f64 {
     let last = head.len() - 1;
     let p_at = |k: usize| if k == last { head[k] + outliers } else { head[k] };
@@ -496,6 +533,44 @@ fn kl_divergence(head: &[f64], outliers: f64, q: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-candidate O(i) search the prefix-sum version replaced.
+    fn entropy_bin_direct(counts: &[f64]) -> Option<usize> {
+        if counts.len() < START_BIN {
+            return None;
+        }
+        let mut bins = counts.to_vec();
+        bins[0] = bins[1];
+        let mut q = vec![0.0; bins.len()];
+        let (mut sums, mut nonzero) = (vec![0.0; LEVELS], vec![0u32; LEVELS]);
+        let mut best = (f64::INFINITY, bins.len());
+        for i in START_BIN..=bins.len() {
+            let (head, tail) = bins.split_at(i);
+            quantize_expand(head, &mut sums, &mut nonzero, &mut q[..i]);
+            let kl = kl_divergence(head, tail.iter().sum(), &q[..i]);
+            if kl <= best.0 {
+                best = (kl, i);
+            }
+        }
+        Some(best.1)
+    }
+
+    #[test]
+    fn fast_entropy_search_picks_the_direct_searchs_bin() {
+        let mut rng = Rng(11);
+        for case in 0..40 {
+            let n = 128 + (rng.next_u64() % 2000) as usize;
+            // Sparse, peaked and flat histograms, some with empty tails.
+            let counts: Vec<f64> = (0..n)
+                .map(|k| {
+                    let r = rng.next_u64() % 100;
+                    let decay = (-(k as f64) / (n as f64 / (1.0 + (case % 5) as f64))).exp();
+                    if r < (case % 4) as u64 * 20 { 0.0 } else { (1000.0 * decay * (r as f64 + 1.0)).floor() }
+                })
+                .collect();
+            assert_eq!(entropy_bin(&counts), entropy_bin_direct(&counts), "case {case}, {n} bins");
+        }
+    }
 
     /// SplitMix64: tiny, seeded, deterministic.
     struct Rng(u64);
