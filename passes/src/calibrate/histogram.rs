@@ -276,18 +276,34 @@ fn scan(xs: &[f32]) -> (u32, usize) {
 }
 
 /// Adds one to the bin of every finite |x| (bin = floor(|x| / w), clamped).
+///
+/// Activations pile up in a few bins (ReLU/SiLU zeros), so consecutive
+/// increments often hit the same counter and wait on each other; four
+/// interleaved integer sub-histograms break that chain, then are summed in.
 fn bin_into(counts: &mut [f64], inv_width: f64, xs: &[f32], all_finite: bool) {
+    const LANES: usize = 4;
     let Some(last) = counts.len().checked_sub(1) else { return };
+    let n = counts.len();
+    let mut lanes = vec![0u32; LANES * n];
+    let bin = |x: f32| ((f64::from(x.abs()) * inv_width) as usize).min(last);
     if all_finite {
-        for x in xs {
-            let k = (f64::from(x.abs()) * inv_width) as usize;
-            counts[k.min(last)] += 1.0;
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (l, &x) in c.iter().enumerate() {
+                lanes[l * n + bin(x)] += 1;
+            }
+        }
+        for &x in chunks.remainder() {
+            lanes[bin(x)] += 1;
         }
     } else {
-        for x in xs.iter().filter(|x| x.is_finite()) {
-            let k = (f64::from(x.abs()) * inv_width) as usize;
-            counts[k.min(last)] += 1.0;
+        for &x in xs.iter().filter(|x| x.is_finite()) {
+            lanes[bin(x)] += 1;
         }
+    }
+    for (k, c) in counts.iter_mut().enumerate() {
+        let sum: u64 = (0..LANES).map(|l| u64::from(lanes[l * n + k])).sum();
+        *c += sum as f64;
     }
 }
 
