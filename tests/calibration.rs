@@ -26,6 +26,20 @@ fn run_ok(args: &[&str]) -> String {
     out
 }
 
+/// The engines this build can calibrate with (`ort` with the feature, when
+/// its library is found; a loud SKIP otherwise).
+fn engines() -> Vec<&'static str> {
+    let mut out = vec!["tract"];
+    #[cfg(feature = "ort")]
+    match qforge_runtime::ort_library_path() {
+        Ok(_) => out.push("ort"),
+        Err(e) => eprintln!("SKIP engine ort: {e}"),
+    }
+    #[cfg(not(feature = "ort"))]
+    eprintln!("SKIP engine ort: built without the `ort` feature (cargo test --features ort)");
+    out
+}
+
 #[test]
 fn max_ranges_match_onnxruntime_minmax_on_nudenet() {
     let Some(model) = common::model("nudenet-320n.onnx") else { return };
@@ -38,24 +52,6 @@ fn max_ranges_match_onnxruntime_minmax_on_nudenet() {
     std::fs::create_dir(&npy).unwrap();
     let n = photos_as_npy(&photos, &npy, &[1, 3, 320, 320]);
     assert!(n >= 5);
-    let pipe = dir.path().join("p.yaml");
-    std::fs::write(&pipe, "passes:\n  - calibrate: {method: max, tensors: all, json: table.json}\n").unwrap();
-    let out = dir.path().join("out.onnx");
-    run_ok(&[
-        "run",
-        pipe.to_str().unwrap(),
-        "-i",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--calib",
-        npy.to_str().unwrap(),
-        "--input-shape",
-        "images=1,3,320,320",
-        "-q",
-    ]);
-    let ours: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("table.json")).unwrap()).unwrap();
     let o = Command::new("python3")
         .arg(common::root().join("tests/py/ort_minmax.py"))
         .arg(&model)
@@ -64,23 +60,51 @@ fn max_ranges_match_onnxruntime_minmax_on_nudenet() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let theirs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let mut compared = 0;
-    let mut worst = (String::new(), 0.0f64);
-    for (name, e) in ours["tensors"].as_object().unwrap() {
-        let Some(t) = theirs.get(name).and_then(|v| v.as_f64()) else { continue };
-        let a = e["amax"].as_f64().unwrap();
-        let rel = (a - t).abs() / t.abs().max(1e-12);
-        if rel > worst.1 {
-            worst = (name.clone(), rel);
+    for engine in engines() {
+        let pipe = dir.path().join("p.yaml");
+        let table = format!("table-{engine}.json");
+        std::fs::write(&pipe, format!("passes:\n  - calibrate: {{method: max, tensors: all, json: {table}}}\n"))
+            .unwrap();
+        let out = dir.path().join("out.onnx");
+        run_ok(&[
+            "run",
+            pipe.to_str().unwrap(),
+            "-i",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            npy.to_str().unwrap(),
+            "--input-shape",
+            "images=1,3,320,320",
+            "--engine",
+            engine,
+            "-q",
+        ]);
+        let ours: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(&table)).unwrap()).unwrap();
+        let mut compared = 0;
+        let mut worst = (String::new(), 0.0f64);
+        for (name, e) in ours["tensors"].as_object().unwrap() {
+            let Some(t) = theirs.get(name).and_then(|v| v.as_f64()) else { continue };
+            let a = e["amax"].as_f64().unwrap();
+            let rel = (a - t).abs() / t.abs().max(1e-12);
+            if rel > worst.1 {
+                worst = (name.clone(), rel);
+            }
+            compared += 1;
         }
-        compared += 1;
+        eprintln!(
+            "engine {engine}: compared {compared} tensor ranges with ONNX Runtime MinMax; worst {} at {:.2e} relative",
+            worst.0, worst.1
+        );
+        assert!(compared >= 100, "engine {engine}: only {compared} tensors in common");
+        assert!(
+            worst.1 <= 1e-5,
+            "engine {engine}: max range of {} differs from ONNX Runtime by {:e} relative",
+            worst.0,
+            worst.1
+        );
     }
-    eprintln!(
-        "compared {compared} tensor ranges with ONNX Runtime MinMax; worst {} at {:.2e} relative",
-        worst.0, worst.1
-    );
-    assert!(compared >= 100, "only {compared} tensors in common");
-    assert!(worst.1 <= 1e-5, "max range of {} differs from ONNX Runtime by {:e} relative", worst.0, worst.1);
 }
 
 #[test]

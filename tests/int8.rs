@@ -222,7 +222,7 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
             common::ort_compare(&model, &out, &["--input-shape", "1,3,320,320", "--images", photos.to_str().unwrap()]);
         assert!(r["runs"].as_u64().unwrap() >= 5, "{r}");
     }
-    let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320).unwrap();
+    let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320, Default::default()).unwrap();
     eprintln!("nudenet INT8 vs FP32: {a}");
     assert!(a.map50 >= 0.90, "mAP50 vs FP32 {a}");
 }

@@ -18,6 +18,9 @@ pub struct PassContext {
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// No progress bars.
     pub quiet: bool,
+    /// The engine passes run the model on unless their own `engine` option
+    /// says otherwise (`qforge run --engine`).
+    pub engine: qforge_runtime::Engine,
     /// Seed of everything random.
     pub seed: u64,
     /// Activation and weight ranges from `calibrate` / `load-calibration`.

@@ -66,7 +66,7 @@ pub(crate) fn run(
     context: &str,
 ) -> Result<Vec<(String, HostTensor)>, PassError> {
     let model = Model::new(g.clone());
-    let s = session(&model, &SessionOptions { outputs: Vec::new(), input_shapes: opts.input_shapes.clone() })
+    let s = session(&model, &SessionOptions { input_shapes: opts.input_shapes.clone(), ..Default::default() })
         .map_err(runtime_err(context))?;
     let out = s.run(inputs).map_err(runtime_err(context))?;
     Ok(s.output_names().iter().cloned().zip(out).collect())

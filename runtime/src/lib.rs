@@ -1,15 +1,19 @@
 //! Executes qforge graphs on the CPU.
 //!
 //! Calibration and numeric checks need to run the float model and read any
-//! intermediate tensor. One [`Session`] trait hides the engine; the default
-//! is tract (pure Rust, embedded, no system install), which can expose any
-//! tensor as an output and also runs QuantizeLinear/DequantizeLinear, so it
-//! executes quantized graphs too.
+//! intermediate tensor. One [`Session`] trait hides the engine ([`Engine`]):
+//! the default is tract (pure Rust, embedded, no system install), which can
+//! expose any tensor as an output and also runs QuantizeLinear/
+//! DequantizeLinear, so it executes quantized graphs too. With the `ort`
+//! feature, ONNX Runtime (loaded at run time from `ORT_DYLIB_PATH` or the
+//! `onnxruntime` Python wheel) is the faster alternative.
 
 #![deny(missing_docs)]
 
 pub mod data;
 mod host;
+#[cfg(feature = "ort")]
+mod ort_engine;
 mod random;
 pub mod resize;
 mod tract_engine;
@@ -18,6 +22,8 @@ use std::collections::BTreeMap;
 
 pub use data::{DataError, Dataset, PadPosition, Preprocess, Source, write_npy};
 pub use host::{Data, HostTensor};
+#[cfg(feature = "ort")]
+pub use ort_engine::{DYLIB_ENV, OrtSession, library_path as ort_library_path};
 pub use random::random_inputs;
 pub use tract_engine::TractSession;
 
@@ -49,6 +55,55 @@ pub enum RuntimeError {
     },
 }
 
+/// Which engine executes a graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// tract: embedded, pure Rust, always available.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time (needs the `ort` feature and the
+    /// library: `ORT_DYLIB_PATH` or `pip install onnxruntime`).
+    Ort,
+}
+
+impl Engine {
+    /// Both engines, for listings.
+    pub const ALL: [Engine; 2] = [Engine::Tract, Engine::Ort];
+
+    /// Its name in options and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Tract => "tract",
+            Engine::Ort => "ort",
+        }
+    }
+
+    /// Whether this build can run it (`ort` needs the `ort` feature).
+    pub fn compiled(self) -> bool {
+        match self {
+            Engine::Tract => true,
+            Engine::Ort => cfg!(feature = "ort"),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Engine, String> {
+        Engine::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown engine \"{s}\" (engines: tract, ort)"))
+    }
+}
+
 /// What a session computes.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -56,6 +111,8 @@ pub struct SessionOptions {
     pub outputs: Vec<String>,
     /// Fixed dims for inputs whose declared dims are not all known.
     pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// The engine.
+    pub engine: Engine,
 }
 
 /// A model prepared for repeated runs.
@@ -70,9 +127,50 @@ pub trait Session: Send + Sync {
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError>;
 }
 
-/// Opens a session on the default engine (tract).
+/// Opens a session on `opts.engine`.
 pub fn session(model: &Model, opts: &SessionOptions) -> Result<Box<dyn Session>, RuntimeError> {
-    Ok(Box::new(TractSession::new(model, opts)?))
+    match opts.engine {
+        Engine::Tract => Ok(Box::new(TractSession::new(model, opts)?)),
+        #[cfg(feature = "ort")]
+        Engine::Ort => Ok(Box::new(OrtSession::new(model, opts)?)),
+        #[cfg(not(feature = "ort"))]
+        Engine::Ort => Err(RuntimeError::Engine {
+            engine: "onnxruntime",
+            message: "this qforge was built without the `ort` feature: rebuild with `--features ort` \
+                      (e.g. `cargo install --path . --features ort`) or use the tract engine"
+                .into(),
+        }),
+    }
+}
+
+/// Checks a feed against what a session was prepared for (count, dtype, shape).
+fn check_feed(
+    names: &[String],
+    shapes: &[Vec<usize>],
+    dtypes: &[qforge_ir::DataType],
+    inputs: &[HostTensor],
+) -> Result<(), RuntimeError> {
+    if inputs.len() != names.len() {
+        return Err(RuntimeError::BadInput(format!(
+            "{} inputs given, the model takes {} ({})",
+            inputs.len(),
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        if t.shape != shapes[i] || t.dtype() != dtypes[i] {
+            return Err(RuntimeError::BadInput(format!(
+                "input \"{}\" must be {}{:?}, got {}{:?}",
+                names[i],
+                dtypes[i],
+                shapes[i],
+                t.dtype(),
+                t.shape
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The fixed shape of each runtime input: declared dims, or the ones given in

@@ -137,28 +137,9 @@ impl crate::Session for TractSession {
         &self.outputs
     }
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(RuntimeError::BadInput(format!(
-                "{} inputs given, the model takes {} ({})",
-                inputs.len(),
-                self.inputs.len(),
-                self.inputs.join(", ")
-            )));
-        }
-        let mut feed = TVec::new();
-        for (i, t) in inputs.iter().enumerate() {
-            if t.shape != self.shapes[i] || t.dtype() != self.dtypes[i] {
-                return Err(RuntimeError::BadInput(format!(
-                    "input \"{}\" must be {}{:?}, got {}{:?}",
-                    self.inputs[i],
-                    self.dtypes[i],
-                    self.shapes[i],
-                    t.dtype(),
-                    t.shape
-                )));
-            }
-            feed.push(to_tract(t)?.into_tvalue());
-        }
+        crate::check_feed(&self.inputs, &self.shapes, &self.dtypes, inputs)?;
+        let feed: TVec<TValue> =
+            inputs.iter().map(|t| to_tract(t).map(Tensor::into_tvalue)).collect::<Result<_, _>>()?;
         let out = self.plan.run(feed).map_err(engine_err)?;
         out.iter().zip(&self.outputs).map(|(t, n)| from_tract(n, t)).collect()
     }

@@ -19,6 +19,10 @@ pub struct AgreeArgs {
     /// Input side (0 = the model's, or 640 when dynamic).
     #[arg(long, default_value_t = 0)]
     size: usize,
+    /// Engine that runs both models: tract (embedded) or ort (ONNX Runtime,
+    /// with the `ort` feature).
+    #[arg(long, default_value = "tract", value_parser = super::parse_engine)]
+    engine: qforge_runtime::Engine,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -28,13 +32,13 @@ pub struct AgreeArgs {
 pub fn run(a: AgreeArgs) -> Result<()> {
     let f = qforge_ir::load(&a.fp32).with_context(|| format!("loading {}", a.fp32.display()))?;
     let c = qforge_ir::load(&a.candidate).with_context(|| format!("loading {}", a.candidate.display()))?;
-    let r = qforge_yolo::agreement(&f, &c, &a.images, a.size)?;
+    let r = qforge_yolo::agreement(&f, &c, &a.images, a.size, a.engine)?;
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "images": r.images, "fp32_dets": r.fp32_dets, "cand_dets": r.cand_dets,
-                "recall": r.recall, "precision": r.precision, "map50": r.map50,
+                "engine": a.engine.name(), "recall": r.recall, "precision": r.precision, "map50": r.map50,
                 "sqnr_db": if r.sqnr_db.is_finite() { serde_json::json!(r.sqnr_db) } else { serde_json::json!(null) },
             })
         );

@@ -35,6 +35,18 @@ enum Command {
     Agree(agree::AgreeArgs),
 }
 
+/// `--engine` values: `tract`, or `ort` when this build has the `ort` feature.
+pub(crate) fn parse_engine(s: &str) -> Result<qforge_runtime::Engine, String> {
+    let e: qforge_runtime::Engine = s.parse()?;
+    if !e.compiled() {
+        return Err(format!(
+            "this qforge was built without the `{e}` feature (rebuild with `--features {e}`, e.g. \
+             `cargo install --path . --features {e}`)"
+        ));
+    }
+    Ok(e)
+}
+
 /// Parses arguments, runs the command, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     // Plugins register passes and metrics through `inventory`; referencing

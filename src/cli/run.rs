@@ -50,6 +50,12 @@ pub struct RunArgs {
     /// Write the run report (passes, counters, times, numerics) as JSON.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Engine that runs the model in passes that execute it (calibrate,
+    /// skip-sensitive), unless a pass's own `engine` option says otherwise:
+    /// tract (embedded), or ort (ONNX Runtime, with the `ort` feature; the
+    /// library comes from ORT_DYLIB_PATH or the onnxruntime Python wheel).
+    #[arg(long, default_value = "tract", value_parser = super::parse_engine)]
+    engine: qforge_runtime::Engine,
     /// Seed of random inputs and sampling.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
@@ -153,6 +159,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         input_shapes,
         quiet: a.quiet,
         seed: a.seed,
+        engine: a.engine,
         ..Default::default()
     };
     if !a.quiet {

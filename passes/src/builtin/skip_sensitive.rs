@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use qforge_ir::{Graph, Model, NodeId, ValueId};
-use qforge_runtime::{HostTensor, SessionOptions};
+use qforge_runtime::{Engine, HostTensor, SessionOptions};
 
 use crate::metric::{all_metrics, find_metric, sqnr_db};
 use crate::qdq_rules::{WEIGHTED_OPS, is_residual_add};
@@ -41,11 +41,21 @@ pub struct SkipSensitive {
     /// int8 weights and their DequantizeLinear stay, only the activation
     /// goes float, so every layer keeps per-channel int8 weights).
     pub float_weights: bool,
+    /// The engine that runs the trials (default: the run's, `qforge run --engine`).
+    pub engine: Option<Engine>,
 }
 
 impl Default for SkipSensitive {
     fn default() -> Self {
-        SkipSensitive { top_k: 3, metric: "sqnr".into(), target: None, samples: 8, report: None, float_weights: false }
+        SkipSensitive {
+            top_k: 3,
+            metric: "sqnr".into(),
+            target: None,
+            samples: 8,
+            report: None,
+            float_weights: false,
+            engine: None,
+        }
     }
 }
 
@@ -60,6 +70,7 @@ impl PassOptions for SkipSensitive {
         ("samples", "calibration samples used to measure (default 8)"),
         ("report", "write the sensitivity ranking as JSON to this file"),
         ("float_weights", "also put skipped layers' weights back in float (default false: only activations go float)"),
+        ("engine", "tract | ort (ONNX Runtime; build with --features ort); default: the run's --engine (tract)"),
     ];
 }
 
@@ -74,15 +85,20 @@ fn runtime(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError 
 }
 
 /// Outputs of `g` on each sample.
-fn outputs(g: &Graph, inputs: &[HostTensor], shape: &[usize], what: &str) -> Result<Vec<Vec<HostTensor>>, PassError> {
+fn outputs(g: &Graph, inputs: &[HostTensor], run: &Run, what: &str) -> Result<Vec<Vec<HostTensor>>, PassError> {
     let mut shapes = std::collections::BTreeMap::new();
     if let Some(&i) = g.runtime_inputs().first() {
-        shapes.insert(g.value_name(i).to_string(), shape.to_vec());
+        shapes.insert(g.value_name(i).to_string(), run.shape.to_vec());
     }
-    let s =
-        qforge_runtime::session(&Model::new(g.clone()), &SessionOptions { outputs: Vec::new(), input_shapes: shapes })
-            .map_err(runtime(what))?;
+    let opts = SessionOptions { outputs: Vec::new(), input_shapes: shapes, engine: run.engine };
+    let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(runtime(what))?;
     inputs.iter().map(|x| s.run(std::slice::from_ref(x)).map_err(runtime(what))).collect()
+}
+
+/// How the model is run: input shape and engine.
+struct Run<'a> {
+    shape: &'a [usize],
+    engine: Engine,
 }
 
 /// A layer and its (metric, SQNR) with it in float.
@@ -149,8 +165,9 @@ impl Pass for SkipSensitive {
             let names: Vec<&str> = all_metrics().iter().map(|m| m.name).collect();
             PassError::msg(format!("unknown metric `{}` (metrics: {})", self.metric, names.join(", ")))
         })?;
-        let reference = outputs(&float, &inputs, &shape, "skip-sensitive: float model")?;
-        let quantized = outputs(g, &inputs, &shape, "skip-sensitive: quantized model")?;
+        let run = Run { shape: &shape, engine: self.engine.unwrap_or(cx.engine) };
+        let reference = outputs(&float, &inputs, &run, "skip-sensitive: float model")?;
+        let quantized = outputs(g, &inputs, &run, "skip-sensitive: quantized model")?;
         let mut r = PassReport::default();
         // A task metric that cannot judge these samples (e.g. the float model
         // detects nothing) falls back to SQNR rather than failing the pipeline.
@@ -182,7 +199,7 @@ impl Pass for SkipSensitive {
             .map(|&l| {
                 let mut trial = g.clone();
                 to_float(&mut trial, l, &float, self.float_weights)?;
-                let s = score(&outputs(&trial, &inputs, &shape, "skip-sensitive: trial")?)?;
+                let s = score(&outputs(&trial, &inputs, &run, "skip-sensitive: trial")?)?;
                 bar.inc(1);
                 Ok((l, s))
             })
@@ -208,7 +225,7 @@ impl Pass for SkipSensitive {
             skipped.insert(l);
             r.count("layers kept float", 1);
             r.note(format!("kept {} float (alone: {name} {:.4}, SQNR {:.2} dB)", describe(g, l), s.0, s.1));
-            current = score(&outputs(g, &inputs, &shape, "skip-sensitive: result")?)?;
+            current = score(&outputs(g, &inputs, &run, "skip-sensitive: result")?)?;
         }
         crate::util::remove_dead(g, |g, n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"));
         r.note(format!(

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use qforge_ir::{Graph, Model, ValueId};
-use qforge_runtime::{DataError, Dataset, HostTensor, SessionOptions};
+use qforge_runtime::{DataError, Dataset, Engine, HostTensor, SessionOptions};
 
 use super::histogram::Histogram;
 use crate::PassError;
@@ -38,6 +38,8 @@ pub struct CollectOptions {
     pub bins: usize,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// The engine that runs the model.
+    pub engine: Engine,
 }
 
 fn runtime_err(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
@@ -67,9 +69,11 @@ pub fn collect(
     let names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
     let mut shapes = std::collections::BTreeMap::new();
     shapes.insert(g.value_name(input).to_string(), input_shape.to_vec());
-    let session =
-        qforge_runtime::session(&Model::new(g.clone()), &SessionOptions { outputs: names, input_shapes: shapes })
-            .map_err(runtime_err("preparing the model for calibration"))?;
+    let session = qforge_runtime::session(
+        &Model::new(g.clone()),
+        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine },
+    )
+    .map_err(runtime_err("preparing the model for calibration"))?;
 
     let mut histograms: Vec<Histogram> = targets.iter().map(|_| Histogram::new(opts.bins)).collect();
     let mut not_float = vec![false; targets.len()];

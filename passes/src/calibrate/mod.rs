@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use qforge_ir::{Dim, Graph};
-use qforge_runtime::{Dataset, PadPosition, Preprocess, Source};
+use qforge_runtime::{Dataset, Engine, PadPosition, Preprocess, Source};
 
 use self::collect::{CollectOptions, collect};
 use self::histogram::{DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, Method, compute_amax};
@@ -132,6 +132,8 @@ pub struct Calibrate {
     pub trt_cache: Option<PathBuf>,
     /// Version number in the cache header (`TRT-<version>-EntropyCalibration2`).
     pub trt_version: String,
+    /// The engine that runs the model (default: the run's, `qforge run --engine`).
+    pub engine: Option<Engine>,
 }
 
 impl Default for Calibrate {
@@ -146,6 +148,7 @@ impl Default for Calibrate {
             json: None,
             trt_cache: None,
             trt_version: "8601".into(),
+            engine: None,
         }
     }
 }
@@ -164,6 +167,7 @@ impl PassOptions for Calibrate {
         ("json", "write the calibration table as JSON to this file"),
         ("trt_cache", "write a TensorRT calibration cache to this file"),
         ("trt_version", "version in the cache header TRT-<version>-EntropyCalibration2 (default 8601)"),
+        ("engine", "tract | ort (ONNX Runtime; build with --features ort); default: the run's --engine (tract)"),
     ];
 }
 
@@ -296,7 +300,13 @@ impl Pass for Calibrate {
         if targets.is_empty() {
             return Err(PassError::msg("nothing to calibrate: the model has no quantizable activation"));
         }
-        let col = collect(g, &targets, &data, &shape, &CollectOptions { bins: self.bins, quiet: cx.quiet })?;
+        let col = collect(
+            g,
+            &targets,
+            &data,
+            &shape,
+            &CollectOptions { bins: self.bins, quiet: cx.quiet, engine: self.engine.unwrap_or(cx.engine) },
+        )?;
         let method = self.method();
         let mut table = CalibrationTable {
             method: method_name(method),

@@ -28,8 +28,8 @@ fn run(args: &[String]) -> Result<String, String> {
         return Err("usage: agree FP32.onnx CANDIDATE.onnx PHOTOS_DIR [--size N]".into());
     };
     let load = |p: &str| qforge_ir::load(p).map_err(|e| format!("{p}: {e}"));
-    let a =
-        qforge_yolo::agreement(&load(fp32)?, &load(cand)?, &PathBuf::from(photos), size).map_err(|e| e.to_string())?;
+    let a = qforge_yolo::agreement(&load(fp32)?, &load(cand)?, &PathBuf::from(photos), size, Default::default())
+        .map_err(|e| e.to_string())?;
     Ok(a.to_string())
 }
 

@@ -43,7 +43,8 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let fp32 = qforge_ir::load("yolov8n.onnx")?;
 //! let int8 = qforge_ir::load("yolov8n.int8.onnx")?;
-//! let a = qforge_yolo::agreement(&fp32, &int8, "photos/".as_ref(), 640)?;
+//! let engine = qforge_runtime::Engine::Tract; // or Ort (feature `ort`)
+//! let a = qforge_yolo::agreement(&fp32, &int8, "photos/".as_ref(), 640, engine)?;
 //! println!("{a}"); // photos=10x4 fp32_dets=57 cand_dets=55 recall=0.947 …
 //! assert!(a.map50 > 0.9, "INT8 model lost detections: {a}");
 //! # Ok(()) }

@@ -1,12 +1,12 @@
 //! Running both models on a folder of photos: listing, the four views of a
-//! photo, letterboxing, and the two tract sessions.
+//! photo, letterboxing, and the two sessions.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use qforge_ir::{Dim, Model};
-use qforge_runtime::{HostTensor, Session, SessionOptions};
+use qforge_runtime::{Engine, HostTensor, Session, SessionOptions};
 
 use crate::YoloError;
 use crate::metrics::{Agreement, AgreementBuilder};
@@ -78,7 +78,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(which: &'static str, model: &Model, size: usize) -> Result<Runner, YoloError> {
+    fn new(which: &'static str, model: &Model, size: usize, engine: Engine) -> Result<Runner, YoloError> {
         let g = &model.graph;
         let bad = |reason: String| YoloError::Model { which, reason };
         let inputs = g.runtime_inputs();
@@ -89,6 +89,7 @@ impl Runner {
         let opts = SessionOptions {
             outputs: vec![g.value_name(output.value).to_string()],
             input_shapes: BTreeMap::from([(g.value_name(input).to_string(), vec![1, 3, size, size])]),
+            engine,
         };
         let session = qforge_runtime::session(model, &opts).map_err(|source| YoloError::Runtime { which, source })?;
         Ok(Runner { which, session })
@@ -107,12 +108,18 @@ impl Runner {
 /// `photos` (see [`list_photos`]), 4 [`views`] each, letterboxed to
 /// `size`×`size` (top-left, grey 114, bilinear, ÷255; `size` 0 = the FP32
 /// model's input height, or 640 when it is dynamic). Both models run on CPU
-/// with tract; the first output of each is scored.
-pub fn agreement(fp32: &Model, cand: &Model, photos: &Path, size: usize) -> Result<Agreement, YoloError> {
+/// with `engine`; the first output of each is scored.
+pub fn agreement(
+    fp32: &Model,
+    cand: &Model,
+    photos: &Path,
+    size: usize,
+    engine: Engine,
+) -> Result<Agreement, YoloError> {
     let files = list_photos(photos)?;
     let size = input_size(fp32, size);
-    let f = Runner::new("FP32 model", fp32, size)?;
-    let q = Runner::new("candidate model", cand, size)?;
+    let f = Runner::new("FP32 model", fp32, size, engine)?;
+    let q = Runner::new("candidate model", cand, size, engine)?;
     let mut acc = AgreementBuilder::new();
     for path in &files {
         for view in views(&load_photo(path)?) {

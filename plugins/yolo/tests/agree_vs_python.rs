@@ -175,7 +175,7 @@ fn same_outputs_give_the_same_report() {
 /// Our [`agreement`] and agree.py on the same two files.
 fn both(fp32: &Path, cand: &Path, photos: &Path, script: Option<&Path>) -> (Agreement, Option<String>) {
     let (f, q) = (qforge_ir::load(fp32).unwrap(), qforge_ir::load(cand).unwrap());
-    let ours = agreement(&f, &q, photos, SIZE).unwrap();
+    let ours = agreement(&f, &q, photos, SIZE, Default::default()).unwrap();
     let theirs = script.map(|s| run_python(&[s, fp32, cand, photos], &["--size", &SIZE.to_string()]));
     eprintln!("qforge-yolo: {ours}  (tract)");
     if let Some(t) = &theirs {

@@ -1,0 +1,69 @@
+//! The ONNX Runtime engine against tract on the same graphs: float ops,
+//! an intermediate tensor fetched as an extra output, and a Q/DQ graph.
+//! Needs the `ort` feature and the library (ORT_DYLIB_PATH or the
+//! `onnxruntime` Python wheel); without them it says SKIP.
+#![cfg(feature = "ort")]
+
+use qforge_ir::{Model, parse_graph};
+use qforge_runtime::{Engine, HostTensor, SessionOptions, random_inputs, session};
+
+const GRAPH: &str = r#"
+graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,8,8]
+  init @w: f32[4,3,3,3] = rand(1)
+  init @b: f32[4] = rand(2)
+  init @s: f32[] = [0.02]
+  init @z: i8[] = [0]
+  %c = Conv(%x, @w, @b) {kernel_shape=[3,3], pads=[1,1,1,1]}  # conv
+  %r = Relu(%c)  # relu
+  %q = QuantizeLinear(%r, @s, @z)  # q
+  %d = DequantizeLinear(%q, @s, @z)  # dq
+  %y = Add(%d, %c)  # add
+  output %y
+}
+"#;
+
+fn run(engine: Engine, outputs: &[&str], x: &HostTensor) -> Vec<HostTensor> {
+    let g = parse_graph(GRAPH).unwrap();
+    let opts =
+        SessionOptions { outputs: outputs.iter().map(|s| s.to_string()).collect(), engine, ..Default::default() };
+    let s = session(&Model::new(g), &opts).unwrap_or_else(|e| panic!("{engine}: {e}"));
+    assert_eq!(s.output_names(), outputs);
+    s.run(std::slice::from_ref(x)).unwrap()
+}
+
+#[test]
+fn ort_matches_tract_on_float_and_qdq_graphs() {
+    if let Err(e) = qforge_runtime::ort_library_path() {
+        eprintln!("SKIP ort_matches_tract_on_float_and_qdq_graphs: {e}");
+        return;
+    }
+    let x = random_inputs(&[("x".into(), vec![1, 3, 8, 8], qforge_ir::DataType::F32)], 7).remove(0);
+    let names = ["y", "c", "q"];
+    let a = run(Engine::Tract, &names, &x);
+    let b = run(Engine::Ort, &names, &x);
+    for ((name, t), o) in names.iter().zip(&a).zip(&b) {
+        assert_eq!(t.shape, o.shape, "{name}");
+        assert_eq!(t.dtype(), o.dtype(), "{name}");
+        let (t, o) = (t.to_f64_vec(), o.to_f64_vec());
+        let scale = t.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+        let worst = t.iter().zip(&o).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max) / scale;
+        eprintln!("{name}: worst difference {worst:.2e} of its max");
+        // Int8 codes may differ by one step where a value sits on a rounding edge.
+        let tol = if *name == "q" { 1.0 / 127.0 } else { 1e-5 };
+        assert!(worst <= tol, "{name}: ort and tract differ by {worst:e} relative");
+    }
+}
+
+#[test]
+fn a_tensor_that_is_not_in_the_graph_is_a_clear_error() {
+    if qforge_runtime::ort_library_path().is_err() {
+        eprintln!("SKIP a_tensor_that_is_not_in_the_graph_is_a_clear_error: no ONNX Runtime library");
+        return;
+    }
+    let g = parse_graph(GRAPH).unwrap();
+    let opts = SessionOptions { outputs: vec!["nope".into()], engine: Engine::Ort, ..Default::default() };
+    let e = session(&Model::new(g), &opts).err().expect("must fail").to_string();
+    assert!(e.contains("\"nope\""), "{e}");
+}
