@@ -29,15 +29,19 @@ fn run_ok(args: &[&str]) -> String {
 /// The engines this build can calibrate with (`ort` with the feature, when
 /// its library is found; a loud SKIP otherwise).
 fn engines() -> Vec<&'static str> {
-    let mut out = vec!["tract"];
     #[cfg(feature = "ort")]
     match qforge_runtime::ort_library_path() {
-        Ok(_) => out.push("ort"),
-        Err(e) => eprintln!("SKIP engine ort: {e}"),
+        Ok(_) => vec!["tract", "ort"],
+        Err(e) => {
+            eprintln!("\n*** SKIP: engine ort: {e} ***\n");
+            vec!["tract"]
+        }
     }
     #[cfg(not(feature = "ort"))]
-    eprintln!("SKIP engine ort: built without the `ort` feature (cargo test --features ort)");
-    out
+    {
+        eprintln!("\n*** SKIP: engine ort: built without the `ort` feature (cargo test --features ort) ***\n");
+        vec!["tract"]
+    }
 }
 
 #[test]

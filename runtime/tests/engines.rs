@@ -36,7 +36,7 @@ fn run(engine: Engine, outputs: &[&str], x: &HostTensor) -> Vec<HostTensor> {
 #[test]
 fn ort_matches_tract_on_float_and_qdq_graphs() {
     if let Err(e) = qforge_runtime::ort_library_path() {
-        eprintln!("SKIP ort_matches_tract_on_float_and_qdq_graphs: {e}");
+        eprintln!("\n*** SKIP: ort_matches_tract_on_float_and_qdq_graphs: {e} ***\n");
         return;
     }
     let x = random_inputs(&[("x".into(), vec![1, 3, 8, 8], qforge_ir::DataType::F32)], 7).remove(0);
@@ -59,7 +59,7 @@ fn ort_matches_tract_on_float_and_qdq_graphs() {
 #[test]
 fn a_tensor_that_is_not_in_the_graph_is_a_clear_error() {
     if qforge_runtime::ort_library_path().is_err() {
-        eprintln!("SKIP a_tensor_that_is_not_in_the_graph_is_a_clear_error: no ONNX Runtime library");
+        eprintln!("\n*** SKIP: a_tensor_that_is_not_in_the_graph_is_a_clear_error: no ONNX Runtime library ***\n");
         return;
     }
     let g = parse_graph(GRAPH).unwrap();
