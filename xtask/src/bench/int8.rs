@@ -1,0 +1,332 @@
+//! Section `int8`: INT8 accuracy of qforge's pipelines vs ONNX Runtime's `quantize_static`,
+//! as detection agreement with the FP32 model (`qforge agree`), plus the output SQNR of the
+//! yolo-int8 pipeline on the other detectors (ONNX Runtime, `sqnr.py`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::measure::{self, Measured, OrtQuant, num};
+use super::{Ctx, SectionResult, verdict};
+use crate::util;
+
+const MODEL: &str = "nudenet-320n.onnx";
+const INPUT_SHAPE: &str = "images=1,3,320,320";
+const SIZE: usize = 320;
+const MIN_MAP50: f64 = 0.90;
+/// Two SQNRs of one model (tract in `qforge agree`, ONNX Runtime in `sqnr.py`) further apart
+/// than this mean one runtime executes it differently: its agreement numbers are not comparable.
+const MAX_RUNTIME_GAP_DB: f64 = 3.0;
+
+enum How {
+    /// `qforge run PIPELINE` with extra arguments.
+    Qforge(PathBuf, Vec<String>),
+    /// `ort_quant.py --method M`, with the tail excluded or not.
+    Ort(&'static str, bool),
+}
+
+struct Outcome {
+    label: String,
+    default: bool,
+    ort: bool,
+    run: Result<Measured>,
+    agree: Option<Result<Value>>,
+    /// `sqnr.py --detections`: the same scores with ONNX Runtime running both models.
+    ort_eval: Option<Result<Value>>,
+}
+
+pub fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
+    let model = measure::model(ctx, MODEL)?;
+    let tail = tail_file(ctx, &model)?;
+    let tail_len = fs::read_to_string(&tail).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count());
+    let mut notes = vec![format!(
+        "Model {MODEL}, FP32 = the original file; calibration and agreement on every photo of assets/photos in 4 \
+         views at {SIZE}×{SIZE} (qforge: `--calib assets/photos --input-shape {INPUT_SHAPE}`). mAP50, recall, \
+         precision and output SQNR: `qforge agree FP32 CAND --images assets/photos --size {SIZE} --json` (tract runs \
+         both models). `ORT runtime` columns: the same scores, same definitions, with ONNX Runtime running both \
+         models (`xtask/scripts/sqnr.py --detections`), a cross-check of the runtime. time s and peak RSS MB: the \
+         whole quantizing process (`/usr/bin/time`). The tail list ({tail_len} nodes) is \
+         `qforge inspect {MODEL} --tail` on the original model."
+    )];
+
+    let mut cands: Vec<(String, How)> = Vec::new();
+    let shape = || vec!["--input-shape".to_string(), INPUT_SHAPE.to_string()];
+    cands.push((
+        "qforge yolo-int8 (max, skip-sensitive top 3 by yolo-map50)".into(),
+        How::Qforge(ctx.root.join("pipelines/yolo-int8.yaml"), shape()),
+    ));
+    cands.push((
+        "qforge yolo-int8 --engine ort (calibrate and skip-sensitive run by ONNX Runtime)".into(),
+        How::Qforge(
+            ctx.root.join("pipelines/yolo-int8.yaml"),
+            [shape(), vec!["--engine".into(), "ort".into()]].concat(),
+        ),
+    ));
+    if !ctx.args.quick {
+        let fold = ctx.root.join("pipelines/fold.yaml");
+        for m in ["max", "entropy", "percentile", "mse"] {
+            let yaml = format!(
+                "name: bench-int8-{m}\ninclude: [\"{}\"]\npasses:\n  \
+                 - calibrate: {{method: {m}, data: {{views: true}}}}\n  - insert-qdq: {{}}\n  \
+                 - tensorrt: {{build: never}}\n",
+                fold.display()
+            );
+            let pipe = measure::pipeline(ctx, &format!("int8-{m}"), &yaml)?;
+            cands.push((format!("qforge {m}, no skip-sensitive"), How::Qforge(pipe, shape())));
+        }
+    }
+    let ort_methods: &[&str] = if ctx.args.quick { &["minmax"] } else { &["minmax", "entropy", "percentile"] };
+    for &m in ort_methods {
+        let name = match m {
+            "minmax" => "MinMax",
+            "entropy" => "Entropy",
+            _ => "Percentile",
+        };
+        for exclude in [false, true] {
+            if ctx.args.quick && !exclude {
+                continue;
+            }
+            let label = format!("ORT {name}{}", if exclude { ", tail float" } else { "" });
+            cands.push((label, How::Ort(m, exclude)));
+        }
+    }
+
+    let mut outcomes = Vec::new();
+    let mut ort_version = None;
+    for (i, (label, how)) in cands.into_iter().enumerate() {
+        println!("    [{}] {label}", i + 1);
+        let out = ctx.scratch.join(format!("int8-{i}.onnx"));
+        let run = match &how {
+            How::Qforge(pipe, extra) => {
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                measure::qforge_run(ctx, pipe, &model, &out, &extra).map(|(m, _)| m)
+            }
+            How::Ort(method, exclude) => {
+                let o = OrtQuant { method, exclude_file: exclude.then_some(tail.as_path()), repeat: 1, size: SIZE };
+                measure::ort_quant(ctx, &model, &out, &o).map(|(m, j)| {
+                    ort_version = j["onnxruntime_version"].as_str().map(String::from);
+                    if *exclude {
+                        notes.push(format!(
+                            "{label}: {} of the {} tail names are still nodes after ORT's `quant_pre_process` and \
+                             were passed as `nodes_to_exclude` (the others are shape computations it folds away)",
+                            j["excluded"], j["exclude_requested"]
+                        ));
+                    }
+                    m
+                })
+            }
+        };
+        let (agree, ort_eval) = match run {
+            Ok(_) => (
+                Some(measure::agree(ctx, &model, &out, SIZE)),
+                Some(measure::ort_eval(ctx, &model, &out, &["--size", "320,320", "--detections"])),
+            ),
+            Err(_) => (None, None),
+        };
+        let default = matches!(&how, How::Qforge(p, extra) if p.ends_with("yolo-int8.yaml") && !extra.iter().any(|a| a == "--engine"));
+        outcomes.push(Outcome { label, default, ort: matches!(how, How::Ort(..)), run, agree, ort_eval });
+    }
+    if let Some(v) = ort_version {
+        ctx.tools.push(format!("onnxruntime {v} (quantize_static, xtask/scripts/ort_quant.py)"));
+    }
+
+    let mut failed = false;
+    let mut md = nudenet_table(&outcomes, &mut notes, &mut failed);
+    if !ctx.args.quick {
+        md += &other_models(ctx, &mut failed)?;
+    }
+    Ok(SectionResult { markdown: md, failed })
+}
+
+/// `qforge inspect MODEL --tail` into a file (node names, one per line).
+fn tail_file(ctx: &Ctx, model: &Path) -> Result<PathBuf> {
+    let mut cmd = Command::new(&ctx.qforge);
+    cmd.arg("inspect").arg(model).arg("--tail");
+    let out = util::run_captured(&mut cmd)?;
+    let path = ctx.scratch.join("tail.txt");
+    fs::write(&path, &out.stdout).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The nudenet table, its targets and notes.
+fn nudenet_table(outcomes: &[Outcome], notes: &mut Vec<String>, failed: &mut bool) -> String {
+    let dash = || "—".to_string();
+    let mut rows = Vec::new();
+    for o in outcomes {
+        let mut row = vec![o.label.clone()];
+        let Ok(m) = &o.run else {
+            *failed = true;
+            let e = o.run.as_ref().err().map(ToString::to_string).unwrap_or_default();
+            row.push(format!("FAILED: {e}"));
+            row.extend(std::iter::repeat_with(dash).take(7));
+            rows.push(row);
+            continue;
+        };
+        match &o.agree {
+            Some(Ok(j)) => row.extend([
+                num(j["map50"].as_f64(), 3),
+                num(j["recall"].as_f64(), 3),
+                num(j["precision"].as_f64(), 3),
+                format!("{}{}", num(j["sqnr_db"].as_f64(), 2), if consistent(o) == Some(false) { " †" } else { "" }),
+            ]),
+            Some(Err(e)) => {
+                *failed = true;
+                row.push(format!("agree FAILED: {e}"));
+                row.extend(std::iter::repeat_with(dash).take(3));
+            }
+            None => row.extend(std::iter::repeat_with(dash).take(4)),
+        }
+        row.extend([format!("{:.2}", m.seconds), format!("{:.0}", m.peak_mb)]);
+        match &o.ort_eval {
+            Some(Ok(j)) => row.extend([
+                format!(
+                    "{} / {} / {}",
+                    num(j["map50"].as_f64(), 3),
+                    num(j["recall"].as_f64(), 3),
+                    num(j["precision"].as_f64(), 3)
+                ),
+                num(j["sqnr_db"].as_f64(), 2),
+            ]),
+            Some(Err(e)) => {
+                *failed = true;
+                row.extend([format!("FAILED: {e}"), dash()]);
+            }
+            None => row.extend([dash(), dash()]),
+        }
+        rows.push(row);
+    }
+    let header = [
+        "candidate",
+        "mAP50 vs FP32",
+        "recall",
+        "precision",
+        "output SQNR dB",
+        "time s",
+        "peak RSS MB",
+        "ORT runtime: mAP50 / recall / precision",
+        "ORT runtime: SQNR dB",
+    ];
+    let mut md = util::markdown_table(&header, &rows);
+
+    let tract = |o: &Outcome| o.agree.as_ref()?.as_ref().ok()?["map50"].as_f64();
+    let ort = |o: &Outcome| o.ort_eval.as_ref()?.as_ref().ok()?["map50"].as_f64();
+    let _ = writeln!(
+        md,
+        "\nTargets (`qforge agree`, as specified; then the same with ONNX Runtime running every model):\n"
+    );
+    for (runtime, map50, only_consistent) in
+        [("qforge agree (tract)", &tract as &dyn Fn(&Outcome) -> Option<f64>, true), ("ONNX Runtime", &ort, false)]
+    {
+        let ours = outcomes.iter().find(|o| o.default).and_then(map50);
+        let best_ort = outcomes
+            .iter()
+            .filter(|o| o.ort && (!only_consistent || consistent(o) == Some(true)))
+            .filter_map(|o| map50(o).map(|m| (m, o.label.as_str())))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let vs = best_ort.map_or_else(|| "no comparable ORT row".into(), |(m, l)| format!("{l}: {m:.3}"));
+        let _ = writeln!(
+            md,
+            "- {runtime}: qforge default (yolo-int8) mAP50 {}: {}; ≥ the best ORT configuration ({vs}): {}",
+            num(ours, 3),
+            verdict(&format!("≥ {MIN_MAP50:.2}"), ours.map(|m| m >= MIN_MAP50)),
+            verdict("≥ best ORT", ours.zip(best_ort).map(|(a, (b, _))| a >= b))
+        );
+    }
+    if outcomes.iter().any(|o| consistent(o) == Some(false)) {
+        notes.push(format!(
+            "† tract (`qforge agree`) and ONNX Runtime disagree on this model: output SQNR more than \
+             {MAX_RUNTIME_GAP_DB} dB apart, so tract does not execute it as ONNX Runtime does and its \
+             mAP50/recall/precision measure tract, not the quantization; such ORT rows are left out of the \
+             `qforge agree` target (the ONNX Runtime target uses every row)"
+        ));
+    }
+    for n in notes.iter() {
+        let _ = write!(md, "\n- {n}");
+    }
+    md.push('\n');
+    md
+}
+
+/// Whether `qforge agree`'s SQNR (tract) and ONNX Runtime's agree within [`MAX_RUNTIME_GAP_DB`].
+fn consistent(o: &Outcome) -> Option<bool> {
+    let tract = o.agree.as_ref()?.as_ref().ok()?["sqnr_db"].as_f64()?;
+    let ort = o.ort_eval.as_ref()?.as_ref().ok()?["sqnr_db"].as_f64()?;
+    Some((tract - ort).abs() <= MAX_RUNTIME_GAP_DB)
+}
+
+/// yolo-int8 on the untrained YOLOv5n and on PicoDet: output SQNR vs FP32 with ONNX Runtime.
+fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
+    let pipe = ctx.root.join("pipelines/yolo-int8.yaml");
+    let samples = ["--set", "skip-sensitive.samples=8"];
+    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 2] = [
+        ("yolov5n-untrained-unfused-bn.onnx", samples.to_vec(), vec![], "640×640 letterbox (as qforge calibrates)"),
+        (
+            "picodet-layout-cdla.onnx",
+            [&samples[..], &["--set", "calibrate.data.letterbox=false"]].concat(),
+            vec!["--resize"],
+            "plain resize to 608×800 (W×H), /255; calibrated the same way (`calibrate.data.letterbox=false`)",
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (file, extra, sqnr_args, inputs) in cases {
+        let model = match measure::model(ctx, file) {
+            Ok(m) => m,
+            Err(e) => {
+                rows.push(vec![
+                    file.into(),
+                    "—".into(),
+                    format!("SKIPPED: {e}"),
+                    "—".into(),
+                    "—".into(),
+                    inputs.into(),
+                ]);
+                continue;
+            }
+        };
+        println!("    yolo-int8 on {file}");
+        let out = ctx.scratch.join(format!("{}.int8.onnx", crate::models::stem(&model)));
+        let settings = format!("yolo-int8 `{}`", extra.join(" "));
+        let cells = match measure::qforge_run(ctx, &pipe, &model, &out, &extra) {
+            Ok((m, _)) => {
+                let db = measure::ort_eval(ctx, &model, &out, &sqnr_args);
+                *failed |= db.is_err();
+                let (db, base) = match db {
+                    Ok(j) => (num(j["sqnr_db"].as_f64(), 2), num(j["baseline_db"].as_f64(), 2)),
+                    Err(e) => (format!("sqnr FAILED: {e}"), "—".into()),
+                };
+                [db, base, format!("{:.2}", m.seconds), format!("{:.0}", m.peak_mb)]
+            }
+            Err(e) => {
+                *failed = true;
+                [format!("FAILED: {e}"), "—".into(), "—".into(), "—".into()]
+            }
+        };
+        let mut row = vec![file.to_string(), settings];
+        row.extend(cells);
+        row.push(inputs.into());
+        rows.push(row);
+    }
+    let header = [
+        "model",
+        "pipeline",
+        "output SQNR dB (ORT runtime)",
+        "FP32 grey-image baseline dB",
+        "time s",
+        "peak RSS MB",
+        "inputs",
+    ];
+    let mut md = String::from("\nThe yolo-int8 pipeline on the other detectors:\n\n");
+    md += &util::markdown_table(&header, &rows);
+    md += "\n- `skip-sensitive.samples=8` (instead of the pipeline's 16) because skip-sensitive runs the model \
+           once per quantized layer; output SQNR = 10·log10(Σ y² / Σ (y − ŷ)²) over all outputs of every \
+           photo × 4 views, both models run by ONNX Runtime (`xtask/scripts/sqnr.py`); `qforge agree` is not used here \
+           (YOLOv5n is untrained: no detections; PicoDet's head is not a YOLO head). Baseline: the same formula \
+           with ŷ = the FP32 outputs on a plain grey image: how much the outputs depend on the image at all; an \
+           output SQNR near or below it says nothing about quantization (an untrained model barely looks at its \
+           input).\n";
+    Ok(md)
+}
