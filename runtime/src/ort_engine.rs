@@ -36,6 +36,7 @@ fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
 fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     let env = ENV.get_or_init(|| {
+        limit_malloc_arenas();
         let path = library_path()?;
         let builder =
             ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
@@ -46,6 +47,24 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
             .map_err(|e| format!("cannot start ONNX Runtime ({}): {e}", path.display()))
     });
     env.as_ref().map_err(|m| RuntimeError::Engine { engine: "onnxruntime", message: m.clone() })
+}
+
+/// Caps glibc's malloc arenas at one per core before ONNX Runtime starts its
+/// threads. glibc gives each new thread its own arena; with ONNX Runtime's
+/// pool threads next to rayon's, the fragmented arenas made calibration's
+/// peak RSS creep up with the number of samples (+16% at 8× the data on
+/// nudenet; flat with the cap). The same as `MALLOC_ARENA_MAX`, which, when
+/// set, is left to rule.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let arenas = i32::try_from(cores).unwrap_or(i32::MAX);
+        // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX is valid on glibc.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
 
 /// Where `libonnxruntime` is: `$ORT_DYLIB_PATH`, else the `onnxruntime`
