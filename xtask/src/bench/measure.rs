@@ -137,11 +137,11 @@ pub fn ort_quant(ctx: &Ctx, model: &Path, out: &Path, o: &OrtQuant) -> Result<(M
     Ok((m, json))
 }
 
-/// `qforge agree FP32 CAND --images PHOTOS --size SIZE --json`.
-pub fn agree(ctx: &Ctx, fp32: &Path, cand: &Path, size: usize) -> Result<Value> {
+/// `qforge agree FP32 CAND --images PHOTOS --size SIZE --engine ENGINE --json`.
+pub fn agree(ctx: &Ctx, fp32: &Path, cand: &Path, size: usize, engine: &str) -> Result<Value> {
     let mut cmd = Command::new(&ctx.qforge);
     cmd.arg("agree").arg(fp32).arg(cand).arg("--images").arg(photos(ctx));
-    cmd.args(["--size", &size.to_string(), "--json"]);
+    cmd.args(["--size", &size.to_string(), "--engine", engine, "--json"]);
     captured_json(&mut cmd, "qforge agree")
 }
 
