@@ -163,8 +163,21 @@ impl OrtSession {
 }
 
 fn build(bytes: &[u8]) -> Result<OrtInner, RuntimeError> {
-    OrtInner::builder(environment()?)
-        .map_err(engine_err)?
+    let mut builder = OrtInner::builder(environment()?).map_err(engine_err)?;
+    // No CPU memory arena: its blocks are kept at their high-water mark and
+    // extended as they fragment, so peak RSS crept up with the number of
+    // runs; plain malloc (arenas capped above) stays flat.
+    // SAFETY: the pointer is the builder's live OrtSessionOptions; the API
+    // table is the loaded library's; a returned status is released once.
+    unsafe {
+        let api = ort::api();
+        let status = (api.DisableCpuMemArena)(ort::AsPointer::ptr_mut(&mut builder));
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return Err(engine_err("cannot disable ONNX Runtime's CPU memory arena"));
+        }
+    }
+    builder
         .with_log_level(ort::logging::LogLevel::Error)
         .map_err(engine_err)?
         .with_intra_op_spinning(false)
