@@ -143,34 +143,53 @@ pub fn session(model: &Model, opts: &SessionOptions) -> Result<Box<dyn Session>,
     }
 }
 
-/// Checks a feed against what a session was prepared for (count, dtype, shape).
-fn check_feed(
-    names: &[String],
-    shapes: &[Vec<usize>],
-    dtypes: &[qforge_ir::DataType],
-    inputs: &[HostTensor],
-) -> Result<(), RuntimeError> {
-    if inputs.len() != names.len() {
-        return Err(RuntimeError::BadInput(format!(
-            "{} inputs given, the model takes {} ({})",
-            inputs.len(),
-            names.len(),
-            names.join(", ")
-        )));
+/// What a session was prepared for, the same for every engine: the inputs
+/// in order with their fixed shapes and dtypes, and the fetched tensors.
+struct Signature {
+    inputs: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    dtypes: Vec<qforge_ir::DataType>,
+    outputs: Vec<String>,
+}
+
+impl Signature {
+    /// The signature of `g` under `opts` (outputs default to the graph outputs).
+    fn new(g: &Graph, opts: &SessionOptions) -> Result<Signature, RuntimeError> {
+        let (inputs, shapes) = resolve_input_shapes(g, &opts.input_shapes)?.into_iter().unzip();
+        let dtypes = g.runtime_inputs().iter().map(|&v| g.dtype(v).unwrap_or(qforge_ir::DataType::F32)).collect();
+        let outputs = if opts.outputs.is_empty() {
+            g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect()
+        } else {
+            opts.outputs.clone()
+        };
+        Ok(Signature { inputs, shapes, dtypes, outputs })
     }
-    for (i, t) in inputs.iter().enumerate() {
-        if t.shape != shapes[i] || t.dtype() != dtypes[i] {
+
+    /// Checks a feed against it (count, dtype, shape).
+    fn check(&self, inputs: &[HostTensor]) -> Result<(), RuntimeError> {
+        let names = &self.inputs;
+        if inputs.len() != names.len() {
             return Err(RuntimeError::BadInput(format!(
-                "input \"{}\" must be {}{:?}, got {}{:?}",
-                names[i],
-                dtypes[i],
-                shapes[i],
-                t.dtype(),
-                t.shape
+                "{} inputs given, the model takes {} ({})",
+                inputs.len(),
+                names.len(),
+                names.join(", ")
             )));
         }
+        for (i, t) in inputs.iter().enumerate() {
+            if t.shape != self.shapes[i] || t.dtype() != self.dtypes[i] {
+                return Err(RuntimeError::BadInput(format!(
+                    "input \"{}\" must be {}{:?}, got {}{:?}",
+                    names[i],
+                    self.dtypes[i],
+                    self.shapes[i],
+                    t.dtype(),
+                    t.shape
+                )));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The fixed shape of each runtime input: declared dims, or the ones given in

@@ -22,8 +22,9 @@ use ort::session::Session as OrtInner;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::host::{Data, HostTensor};
-use crate::{RuntimeError, SessionOptions, resolve_input_shapes};
-use qforge_ir::{DataType, Model};
+use crate::{RuntimeError, SessionOptions, Signature};
+use qforge_ir::Model;
+use qforge_ir::proto::ValueInfoProto;
 
 /// The environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -121,44 +122,30 @@ pub struct OrtSession {
     /// The model with the fetched tensors as outputs, to build more sessions.
     bytes: Vec<u8>,
     idle: Mutex<Vec<OrtInner>>,
-    inputs: Vec<String>,
-    shapes: Vec<Vec<usize>>,
-    dtypes: Vec<DataType>,
-    outputs: Vec<String>,
+    sig: Signature,
 }
 
 impl OrtSession {
     /// Prepares `model` to compute `opts.outputs` (or the graph outputs).
     pub fn new(model: &Model, opts: &SessionOptions) -> Result<OrtSession, RuntimeError> {
         let g = &model.graph;
-        let shapes = resolve_input_shapes(g, &opts.input_shapes)?;
-        let dtypes: Vec<DataType> = g.runtime_inputs().iter().map(|&v| g.dtype(v).unwrap_or(DataType::F32)).collect();
-        let outputs: Vec<String> = if opts.outputs.is_empty() {
-            g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect()
-        } else {
-            opts.outputs.clone()
-        };
-        let mut m = model.clone();
-        for name in &outputs {
-            let v = m
-                .graph
+        let sig = Signature::new(g, opts)?;
+        // Added to the exported proto, not to a clone of the graph (which
+        // would copy every weight once more).
+        let mut proto = qforge_ir::export(model);
+        let graph = proto.graph.get_or_insert_with(Default::default);
+        for name in &sig.outputs {
+            let v = g
                 .find_value(name)
                 .ok_or_else(|| RuntimeError::BadInput(format!("tensor \"{name}\" to fetch is not in the graph")))?;
-            if !m.graph.is_graph_output(v) {
-                m.graph.add_output(v);
+            if !g.is_graph_output(v) {
+                graph.output.push(ValueInfoProto { name: Some(name.clone()), ..Default::default() });
             }
         }
-        let bytes = prost::Message::encode_to_vec(&qforge_ir::export(&m));
+        let bytes = prost::Message::encode_to_vec(&proto);
         // The first session now, so a model ONNX Runtime refuses fails here.
         let first = build(&bytes)?;
-        Ok(OrtSession {
-            bytes,
-            idle: Mutex::new(vec![first]),
-            inputs: shapes.iter().map(|(n, _)| n.clone()).collect(),
-            shapes: shapes.into_iter().map(|(_, s)| s).collect(),
-            dtypes,
-            outputs,
-        })
+        Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig })
     }
 }
 
@@ -232,18 +219,18 @@ fn from_ort(name: &str, v: &DynValue) -> Result<HostTensor, RuntimeError> {
 
 impl crate::Session for OrtSession {
     fn input_names(&self) -> &[String] {
-        &self.inputs
+        &self.sig.inputs
     }
     fn input_shapes(&self) -> &[Vec<usize>] {
-        &self.shapes
+        &self.sig.shapes
     }
     fn output_names(&self) -> &[String] {
-        &self.outputs
+        &self.sig.outputs
     }
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        crate::check_feed(&self.inputs, &self.shapes, &self.dtypes, inputs)?;
+        self.sig.check(inputs)?;
         let feed: Vec<(String, DynValue)> =
-            self.inputs.iter().cloned().zip(inputs.iter().map(to_ort).collect::<Result<Vec<_>, _>>()?).collect();
+            self.sig.inputs.iter().cloned().zip(inputs.iter().map(to_ort).collect::<Result<Vec<_>, _>>()?).collect();
         let poisoned = || engine_err("a previous run panicked");
         let taken = self.idle.lock().map_err(|_| poisoned())?.pop();
         let mut session = match taken {
@@ -251,7 +238,8 @@ impl crate::Session for OrtSession {
             None => build(&self.bytes)?,
         };
         let result = session.run(feed).map_err(engine_err).and_then(|out| {
-            self.outputs
+            self.sig
+                .outputs
                 .iter()
                 .map(|n| {
                     let v = out.get(n).ok_or_else(|| engine_err(format!("no output \"{n}\"")))?;

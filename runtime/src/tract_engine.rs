@@ -11,7 +11,7 @@ use prost::Message;
 use tract_onnx::prelude::*;
 
 use crate::host::{Data, HostTensor};
-use crate::{RuntimeError, SessionOptions, resolve_input_shapes};
+use crate::{RuntimeError, SessionOptions, Signature};
 use qforge_ir::{DataType, Model};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -19,10 +19,7 @@ type Plan = Arc<TypedRunnableModel>;
 /// A model optimized and planned by tract.
 pub struct TractSession {
     plan: Plan,
-    inputs: Vec<String>,
-    shapes: Vec<Vec<usize>>,
-    dtypes: Vec<DataType>,
-    outputs: Vec<String>,
+    sig: Signature,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
@@ -47,30 +44,17 @@ fn datum(dt: DataType) -> Result<DatumType, RuntimeError> {
 impl TractSession {
     /// Prepares `model` to compute `opts.outputs` (or the graph outputs).
     pub fn new(model: &Model, opts: &SessionOptions) -> Result<TractSession, RuntimeError> {
-        let g = &model.graph;
-        let shapes = resolve_input_shapes(g, &opts.input_shapes)?;
-        let dtypes: Vec<DataType> = g.runtime_inputs().iter().map(|&v| g.dtype(v).unwrap_or(DataType::F32)).collect();
+        let sig = Signature::new(&model.graph, opts)?;
         let bytes = qforge_ir::export(model).encode_to_vec();
         let mut m =
             tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(engine_err)?;
-        for (i, ((_, shape), dt)) in shapes.iter().zip(&dtypes).enumerate() {
+        for (i, (shape, dt)) in sig.shapes.iter().zip(&sig.dtypes).enumerate() {
             let fact = InferenceFact::dt_shape(datum(*dt)?, shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
             m.set_input_fact(i, fact).map_err(engine_err)?;
         }
-        let outputs: Vec<String> = if opts.outputs.is_empty() {
-            g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect()
-        } else {
-            opts.outputs.clone()
-        };
-        m.select_outputs_by_name(&outputs).map_err(engine_err)?;
+        m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
         let plan = m.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)?;
-        Ok(TractSession {
-            plan,
-            inputs: shapes.iter().map(|(n, _)| n.clone()).collect(),
-            shapes: shapes.into_iter().map(|(_, s)| s).collect(),
-            dtypes,
-            outputs,
-        })
+        Ok(TractSession { plan, sig })
     }
 }
 
@@ -128,19 +112,19 @@ fn from_tract(name: &str, t: &Tensor) -> Result<HostTensor, RuntimeError> {
 
 impl crate::Session for TractSession {
     fn input_names(&self) -> &[String] {
-        &self.inputs
+        &self.sig.inputs
     }
     fn input_shapes(&self) -> &[Vec<usize>] {
-        &self.shapes
+        &self.sig.shapes
     }
     fn output_names(&self) -> &[String] {
-        &self.outputs
+        &self.sig.outputs
     }
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        crate::check_feed(&self.inputs, &self.shapes, &self.dtypes, inputs)?;
+        self.sig.check(inputs)?;
         let feed: TVec<TValue> =
             inputs.iter().map(|t| to_tract(t).map(Tensor::into_tvalue)).collect::<Result<_, _>>()?;
         let out = self.plan.run(feed).map_err(engine_err)?;
-        out.iter().zip(&self.outputs).map(|(t, n)| from_tract(n, t)).collect()
+        out.iter().zip(&self.sig.outputs).map(|(t, n)| from_tract(n, t)).collect()
     }
 }
