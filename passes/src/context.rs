@@ -25,11 +25,14 @@ pub struct PassContext {
     pub seed: u64,
     /// Activation and weight ranges from `calibrate` / `load-calibration`.
     pub calibration: Option<crate::calibrate::table::CalibrationTable>,
-    /// The samples `calibrate` used and the input shape, for analyses that
-    /// need real data later in the pipeline (`skip-sensitive`).
-    pub calibration_data: Option<(qforge_runtime::Dataset, Vec<usize>)>,
-    /// The graph as it was before `insert-qdq` (node ids match), the float
-    /// reference of quantization analyses.
+    /// The samples `calibrate` used, its held-out split and the float
+    /// outputs it saw, for analyses that need real data later in the
+    /// pipeline (`skip-sensitive`).
+    pub calibration_data: Option<crate::calibrate::CalibrationData>,
+    /// The graph as it was before `insert-qdq`, the float reference of
+    /// quantization analyses. Node ids of that copy name the same nodes in
+    /// the rewritten graph while both exist (ids are never reused); match
+    /// by name anything created later.
     pub float_graph: Option<qforge_ir::Graph>,
     /// The engine build the `tensorrt` pass asked for, run by whoever saves
     /// the model (the CLI) once the ONNX file exists.

@@ -312,6 +312,35 @@ impl Dataset {
         }
     }
 
+    /// Moves every `k`-th sample (counting from the last, `k` ≥ 2) into a new
+    /// set with the same preprocessing, leaving the others here: a held-out
+    /// split spread over the whole (sorted) list, so it is not all from one
+    /// folder. `k` < 2 moves nothing.
+    pub fn split_every(&mut self, k: usize) -> Dataset {
+        let mut kept = Vec::with_capacity(self.items.len());
+        let mut held = Vec::new();
+        let n = self.items.len();
+        for (i, it) in std::mem::take(&mut self.items).into_iter().enumerate() {
+            if k >= 2 && (n - 1 - i) % k == 0 {
+                held.push(it);
+            } else {
+                kept.push(it);
+            }
+        }
+        self.items = kept;
+        Dataset { items: held, shape: self.shape.clone(), prep: self.prep.clone(), skipped: Vec::new() }
+    }
+
+    /// The preprocessing of every sample.
+    pub fn preprocess(&self) -> &Preprocess {
+        &self.prep
+    }
+
+    /// The input shape every sample is loaded to.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
     /// Turns every photo into four samples: the photo, its mirror image, and
     /// its top-left and bottom-right 75 % crops (what the reference
     /// evaluation scripts score), so a few photos calibrate like more.
@@ -469,6 +498,22 @@ mod tests {
         assert_eq!(ds.load(1).unwrap().as_f32().unwrap(), &data[12..]);
         let e = Dataset::open(&Source::Npy(dir.join("stack.npy")), &[1, 3, 4, 4], &Preprocess::default()).unwrap_err();
         assert!(e.to_string().contains("does not fit the model input"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn split_every_holds_out_a_spread_subset() {
+        let dir = std::env::temp_dir().join(format!("qforge-split-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        write_npy(&dir.join("s.npy"), &[10, 1], &data).unwrap();
+        let mut ds = Dataset::open(&Source::Npy(dir.join("s.npy")), &[1, 1], &Preprocess::default()).unwrap();
+        let held = ds.split_every(4);
+        let values = |d: &Dataset| (0..d.len()).map(|i| d.load(i).unwrap().as_f32().unwrap()[0]).collect::<Vec<_>>();
+        assert_eq!(values(&held), [1.0, 5.0, 9.0]);
+        assert_eq!(values(&ds), [0.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0]);
+        assert_eq!(ds.split_every(1).len(), 0);
+        assert_eq!(ds.len(), 7);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,6 +65,11 @@ impl HostTensor {
         self.len() == 0
     }
 
+    /// Bytes of element data held.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.dtype().size().unwrap_or(1)
+    }
+
     /// Elements converted to f64 (for comparisons).
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.data {

@@ -30,6 +30,10 @@ pub struct Collected {
     pub not_float: Vec<ValueId>,
     /// Wall time of the whole collection.
     pub seconds: f64,
+    /// The graph outputs of the first samples (`None` past
+    /// [`CollectOptions::keep_outputs`] or for a skipped sample), so later
+    /// analyses compare against the float model without running it again.
+    pub outputs: Vec<Option<Vec<HostTensor>>>,
 }
 
 /// Settings of a collection run.
@@ -40,7 +44,14 @@ pub struct CollectOptions {
     pub quiet: bool,
     /// The engine that runs the model.
     pub engine: Engine,
+    /// Keep the graph outputs of this many leading samples (within
+    /// [`KEPT_OUTPUT_BYTES`] in all).
+    pub keep_outputs: usize,
 }
+
+/// The most output data [`collect`] keeps (a segmentation model's outputs can
+/// be as large as its input; a detector's are a few hundred kB).
+pub const KEPT_OUTPUT_BYTES: usize = 256 << 20;
 
 fn runtime_err(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
     move |source| PassError::Runtime { context: context.to_string(), source }
@@ -64,9 +75,21 @@ pub fn collect(
             inputs.iter().map(|&v| g.value_name(v)).collect::<Vec<_>>().join(", ")
         )));
     };
-    // The input itself is read from the feed; everything else is fetched.
+    // The input itself is read from the feed; everything else is fetched,
+    // the graph outputs after the targets (once, even when one is both).
     let fetched: Vec<ValueId> = targets.iter().copied().filter(|&v| v != input).collect();
-    let names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
+    let mut names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
+    let output_fetch: Vec<usize> = g
+        .outputs()
+        .iter()
+        .map(|p| {
+            let name = g.value_name(p.value).to_string();
+            names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                names.push(name);
+                names.len() - 1
+            })
+        })
+        .collect();
     let mut shapes = std::collections::BTreeMap::new();
     shapes.insert(g.value_name(input).to_string(), input_shape.to_vec());
     let session = qforge_runtime::session(
@@ -88,6 +111,8 @@ pub fn collect(
     );
     let mut samples = 0u64;
     let mut skipped = Vec::new();
+    let mut kept: Vec<Option<Vec<HostTensor>>> = Vec::new();
+    let mut kept_bytes = 0usize;
     let chunk = (rayon::current_num_threads() * 2).max(1);
     let indices: Vec<usize> = (0..data.len()).collect();
     for group in indices.chunks(chunk) {
@@ -107,12 +132,20 @@ pub fn collect(
                 Err(DataError::Sample { path, reason }) => {
                     bar.suspend(|| eprintln!("warning: skipping {}: {reason}", path.display()));
                     skipped.push(format!("{}: {reason}", path.display()));
+                    if kept.len() < opts.keep_outputs {
+                        kept.push(None);
+                    }
                 }
                 Err(e) => return Err(PassError::msg(e.to_string())),
                 Ok((x, outs)) => {
                     samples += 1;
+                    if kept.len() < opts.keep_outputs {
+                        let o: Vec<HostTensor> = output_fetch.iter().filter_map(|&k| outs.get(k).cloned()).collect();
+                        kept_bytes += o.iter().map(HostTensor::byte_len).sum::<usize>();
+                        kept.push((kept_bytes <= KEPT_OUTPUT_BYTES && o.len() == output_fetch.len()).then_some(o));
+                    }
                     let mut jobs: Vec<(usize, &HostTensor)> =
-                        outs.iter().enumerate().map(|(k, t)| (slot_of_fetched[k], t)).collect();
+                        outs.iter().enumerate().filter_map(|(k, t)| slot_of_fetched.get(k).map(|&s| (s, t))).collect();
                     if let Some(s) = input_slot {
                         jobs.push((s, &x));
                     }
@@ -150,5 +183,6 @@ pub fn collect(
         skipped,
         not_float: targets.iter().zip(not_float).filter(|(_, nf)| *nf).map(|(&v, _)| v).collect(),
         seconds: start.elapsed().as_secs_f64(),
+        outputs: kept,
     })
 }

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use qforge_ir::{Dim, Graph};
-use qforge_runtime::{Dataset, Engine, PadPosition, Preprocess, Source};
+use qforge_runtime::{Dataset, Engine, HostTensor, PadPosition, Preprocess, Source};
 
 use self::collect::{CollectOptions, collect};
 use self::histogram::{DEFAULT_NUM_BINS, DEFAULT_PERCENTILE, Method, compute_amax};
@@ -66,6 +66,12 @@ pub struct DataOptions {
     pub seed: Option<u64>,
     /// Go through the data this many times (benchmarks).
     pub repeat: usize,
+    /// Hold every k-th photo/sample out of calibration, for analyses that
+    /// judge the quantized model (`skip-sensitive`) on data it was not
+    /// calibrated on. Default (none): automatic, every 4th when there are
+    /// at least [`AUTO_HOLDOUT_MIN`] samples (before views), else none;
+    /// 0 or 1: never.
+    pub holdout: Option<usize>,
     /// Use four views of each photo (itself, mirrored, two 75 % crops).
     pub views: bool,
     /// `[height, width]` of the model input; fixes dynamic dims.
@@ -96,6 +102,7 @@ impl Default for DataOptions {
             limit: None,
             seed: None,
             repeat: 1,
+            holdout: None,
             views: false,
             size: None,
             letterbox: true,
@@ -108,6 +115,29 @@ impl Default for DataOptions {
             layout: "nchw".into(),
         }
     }
+}
+
+/// With at least this many samples (photos before views), `calibrate`
+/// holds every 4th out by default.
+pub const AUTO_HOLDOUT_MIN: usize = 32;
+
+/// Float outputs kept per calibration run, for analyses later in the pipeline.
+const KEEP_OUTPUTS: usize = 64;
+
+/// The data `calibrate` ran on, for analyses later in the pipeline
+/// (`skip-sensitive`): they judge the quantized model on real samples
+/// against the float model without running the float model again.
+#[derive(Debug, Clone)]
+pub struct CalibrationData {
+    /// The samples the ranges come from.
+    pub dataset: Dataset,
+    /// Samples held out of calibration (`data.holdout`), if any.
+    pub holdout: Option<Dataset>,
+    /// The fixed input shape.
+    pub shape: Vec<usize>,
+    /// The float model's graph outputs on the first samples of `dataset`
+    /// (`None` for a sample that was skipped or not kept).
+    pub float_outputs: Vec<Option<Vec<HostTensor>>>,
 }
 
 /// Options of `calibrate`.
@@ -157,7 +187,7 @@ impl PassOptions for Calibrate {
     const DOCS: &'static [(&'static str, &'static str)] = &[
         (
             "data",
-            "images: DIR | npy: FILE|DIR, limit, seed, repeat, views (false: 4 views per photo), size: [h, w], letterbox (true), pad_value (114), center (false), bgr (false), scale (1/255), mean, std, layout (nchw)",
+            "images: DIR | npy: FILE|DIR, limit, seed, repeat, views (false: 4 views per photo), holdout (auto: every 4th photo kept out of calibration for skip-sensitive when there are >= 32; 0: none), size: [h, w], letterbox (true), pad_value (114), center (false), bgr (false), scale (1/255), mean, std, layout (nchw)",
         ),
         ("method", "activation ranges: max | percentile | mse | entropy (default entropy)"),
         ("percentile", "percentile for method percentile (default 99.99)"),
@@ -228,7 +258,8 @@ impl Calibrate {
         Ok(out)
     }
 
-    fn dataset(&self, shape: &[usize]) -> Result<Dataset, PassError> {
+    /// The calibration set and, when there is one, the held-out set.
+    fn dataset(&self, shape: &[usize]) -> Result<(Dataset, Option<Dataset>), PassError> {
         let d = &self.data;
         if !matches!(d.layout.as_str(), "nchw" | "nhwc") {
             return Err(PassError::msg(format!("data.layout must be nchw or nhwc, not {:?}", d.layout)));
@@ -258,11 +289,20 @@ impl Calibrate {
         if let Some(n) = d.limit {
             ds.limit(n, d.seed);
         }
+        // Split before the views: the four views of one photo stay on one side.
+        let every = d.holdout.unwrap_or(if ds.len() >= AUTO_HOLDOUT_MIN { 4 } else { 0 });
+        let mut held = (every >= 2).then(|| ds.split_every(every)).filter(|h| !h.is_empty());
         if d.views {
             ds.augment_views();
+            if let Some(h) = held.as_mut() {
+                h.augment_views();
+            }
+        }
+        if ds.is_empty() {
+            return Err(PassError::msg("no calibration sample left after the held-out split (data.holdout)"));
         }
         ds.repeat(d.repeat);
-        Ok(ds)
+        Ok((ds, held))
     }
 }
 
@@ -292,7 +332,7 @@ impl Pass for Calibrate {
             return Err(PassError::msg("weights must be max or percentile"));
         }
         let shape = self.input_shape(g, cx)?;
-        let data = self.dataset(&shape)?;
+        let (data, holdout) = self.dataset(&shape)?;
         let targets = match self.tensors {
             TensorSet::Quantizable => activation_targets(g),
             TensorSet::All => all_float_activations(g),
@@ -305,7 +345,12 @@ impl Pass for Calibrate {
             &targets,
             &data,
             &shape,
-            &CollectOptions { bins: self.bins, quiet: cx.quiet, engine: self.engine.unwrap_or(cx.engine) },
+            &CollectOptions {
+                bins: self.bins,
+                quiet: cx.quiet,
+                engine: self.engine.unwrap_or(cx.engine),
+                keep_outputs: KEEP_OUTPUTS,
+            },
         )?;
         let method = self.method();
         let mut table = CalibrationTable {
@@ -343,6 +388,10 @@ impl Pass for Calibrate {
         }
         let mut r = PassReport::default();
         r.info("samples", col.samples);
+        if let Some(h) = &holdout {
+            r.info("held out", h.len() as u64);
+            r.note(format!("{} sample(s) held out of calibration for evaluation (data.holdout)", h.len()));
+        }
         r.info("tensors", table.tensors.len() as u64);
         r.info("weights", table.weights.len() as u64);
         r.note(format!(
@@ -382,7 +431,7 @@ impl Pass for Calibrate {
             r.note(format!("wrote {}", p.display()));
         }
         cx.calibration = Some(table);
-        cx.calibration_data = Some((data, shape));
+        cx.calibration_data = Some(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
         Ok(r)
     }
 }
