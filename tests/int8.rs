@@ -325,3 +325,63 @@ fn weights_can_be_stored_as_float_qdq_and_pairs_dedicated() {
     assert_eq!(pairs("a0"), 1, "a0 has one quantized reader (conv1)");
     assert_eq!(pairs("cat"), 2, "cat is read by the MaxPool and the residual Add: a pair each");
 }
+
+/// `skip-sensitive` keeps a layer float only when the measured model improves:
+/// its final score is never below the all-quantized one, the score it reports
+/// is the score of the graph it leaves (re-measured here independently), and
+/// the report lists every greedy step.
+#[test]
+fn skip_sensitive_never_makes_the_model_worse() {
+    let dir = common::tempdir();
+    random_npy(dir.path(), 6, &[1, 3, 8, 8]);
+    let npy = dir.path().to_str().unwrap().to_string();
+    for metric in ["sqnr", "cosine"] {
+        let report = dir.path().join(format!("ss-{metric}.json"));
+        let mut g = parse_graph(SMALL).unwrap();
+        let yaml = format!(
+            "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{exclude_tail: false}}\n  - skip-sensitive: {{top_k: 2, metric: {metric}, samples: 4, local_samples: 2, shortlist: 4, report: {:?}}}\n",
+            report.to_str().unwrap()
+        );
+        let float = {
+            let mut f = parse_graph(SMALL).unwrap();
+            run_pipeline(&mut f, "passes:\n  - fold-batchnorm\n").unwrap();
+            f
+        };
+        let r = run_pipeline(&mut g, &yaml).unwrap();
+        qforge_ir::verify(&g).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let (base, fin) = (&doc["all_quantized"], &doc["final"]);
+        let m = |v: &serde_json::Value| v["metric"].as_f64().unwrap();
+        assert!(m(fin) >= m(base), "{metric}: final {fin} is worse than all-quantized {base}");
+        let steps = doc["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 4, "one entry per shortlisted layer: {doc}");
+        assert_eq!(doc["local_ranking"].as_array().unwrap().len(), 5, "5 quantized layers: {doc}");
+        // Accepted steps raise the score; the last accepted one is the final score.
+        let mut current = m(base);
+        for s in steps.iter().filter(|s| s["accepted"].as_bool().unwrap()) {
+            let c = m(&s["combined"]);
+            assert!(c >= current, "{metric}: an accepted step lowered the metric: {s}");
+            current = c;
+        }
+        assert_eq!(current, m(fin), "{doc}");
+        let kept = steps.iter().filter(|s| s["accepted"].as_bool().unwrap()).count() as u64;
+        let ss = r.runs.iter().find(|p| p.name == "skip-sensitive").unwrap();
+        assert_eq!(ss.report.get("layers kept float"), kept);
+        // The graph left behind scores what the report says, measured from scratch.
+        let samples: Vec<qforge_runtime::HostTensor> = {
+            let ds = qforge_runtime::Dataset::open(
+                &qforge_runtime::Source::Npy(dir.path().to_path_buf()),
+                &[1, 3, 8, 8],
+                &Default::default(),
+            )
+            .unwrap();
+            (0..4).map(|i| ds.load(i).unwrap()).collect()
+        };
+        let outs = |g: &qforge_ir::Graph| -> Vec<Vec<qforge_runtime::HostTensor>> {
+            let s = qforge_runtime::session(&qforge_ir::Model::new(g.clone()), &Default::default()).unwrap();
+            samples.iter().map(|x| s.run(std::slice::from_ref(x)).unwrap()).collect()
+        };
+        let score = (qforge_passes::find_metric(metric).unwrap().score)(&outs(&float), &outs(&g)).unwrap();
+        assert!((score - m(fin)).abs() <= 1e-9 * score.abs().max(1.0), "{metric}: re-measured {score}, reported {fin}");
+    }
+}

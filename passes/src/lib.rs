@@ -25,6 +25,7 @@ pub mod opset;
 mod pipeline;
 pub mod qdq_rules;
 mod registry;
+pub mod skip_sensitive;
 pub mod tensorrt;
 pub mod util;
 

@@ -1,0 +1,410 @@
+//! quantized layers => the layers whose quantization hurts the model most back in float, only where that measurably helps.
+//!
+//! The seed's section 7, made safe and fast. Quantize everything; rank the
+//! layers by a cheap local measure (each layer's own output error with its
+//! inputs quantized, all layers in one run: [`local`]); measure a shortlist
+//! end to end, each layer alone back in float; then add layers greedily in
+//! that order, re-measuring the combination each time, and keep a layer in
+//! float only if the model with it (and the ones already chosen) scores
+//! better than without ([`judge::Judge::better`]). Stops at `top_k` layers or
+//! once the metric reaches `target`. The result is never worse than the
+//! all-quantized model on the pass's own metric: every accepted step was
+//! measured to improve it.
+//!
+//! The float model's outputs come from `calibrate` when it saw the samples,
+//! so the float model is not run again; the samples are the held-out split
+//! of `calibrate` when it made one, the `data` option's, or else the
+//! calibration samples (said in the report).
+
+mod judge;
+mod layers;
+mod local;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use qforge_ir::{Graph, NodeId};
+use qforge_runtime::{Dataset, Engine, HostTensor, Source};
+
+pub use judge::{Judge, Score};
+pub use layers::{quantized_layers, to_float};
+
+use crate::metric::{all_metrics, find_metric};
+use crate::util::describe;
+use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
+
+/// Options of `skip-sensitive`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SkipSensitive {
+    /// At most this many layers go back to float.
+    pub top_k: usize,
+    /// The quality metric (a registered name: `sqnr`, `cosine`, plugin metrics such as `yolo-map50`).
+    pub metric: String,
+    /// Stop once the metric reaches this value.
+    pub target: Option<f64>,
+    /// Samples the model is judged on.
+    pub samples: usize,
+    /// Samples of the local measure that ranks layers (cheap: one run each).
+    pub local_samples: usize,
+    /// Layers measured end to end (the worst by the local measure); default `2·top_k + 2`.
+    pub shortlist: Option<usize>,
+    /// Metric differences up to this are ties, broken by output SQNR.
+    pub tie: f64,
+    /// A folder of photos or `.npy` samples to judge on instead of
+    /// `calibrate`'s (preprocessed the same way).
+    pub data: Option<PathBuf>,
+    /// Write the ranking and the greedy steps as JSON here (relative: beside the output model).
+    pub report: Option<PathBuf>,
+    /// Also put a skipped layer's weights back in float (default false: the
+    /// int8 weights and their DequantizeLinear stay, only the activation
+    /// goes float, so every layer keeps per-channel int8 weights).
+    pub float_weights: bool,
+    /// The engine that runs the trials (default: the run's, `qforge run --engine`).
+    pub engine: Option<Engine>,
+}
+
+impl Default for SkipSensitive {
+    fn default() -> Self {
+        SkipSensitive {
+            top_k: 3,
+            metric: "sqnr".into(),
+            target: None,
+            samples: 8,
+            local_samples: 4,
+            shortlist: None,
+            tie: 0.002,
+            data: None,
+            report: None,
+            float_weights: false,
+            engine: None,
+        }
+    }
+}
+
+impl PassOptions for SkipSensitive {
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("top_k", "at most this many layers go back to float (default 3)"),
+        (
+            "metric",
+            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (yolo-map50); near-ties broken by SQNR",
+        ),
+        ("target", "stop once the metric reaches this value (default none)"),
+        ("samples", "samples the model is judged on (default 8)"),
+        ("local_samples", "samples of the local per-layer measure that ranks candidates (default 4)"),
+        ("shortlist", "layers measured end to end, the worst by the local measure (default 2*top_k+2)"),
+        ("tie", "metric differences up to this are ties, broken by output SQNR (default 0.002)"),
+        (
+            "data",
+            "folder of photos or .npy samples to judge on (default: calibrate's held-out split, else its samples)",
+        ),
+        ("report", "write the ranking and greedy steps as JSON to this file"),
+        ("float_weights", "also put skipped layers' weights back in float (default false: only activations go float)"),
+        ("engine", "tract | ort (ONNX Runtime; build with --features ort); default: the run's --engine (tract)"),
+    ];
+}
+
+register_pass!(
+    "skip-sensitive",
+    SkipSensitive,
+    "quantized layers => the most sensitive back in float, each kept only if the measured model improves"
+);
+
+/// One layer measured end to end, and what the greedy search made of it.
+struct Candidate {
+    layer: NodeId,
+    name: String,
+    op: String,
+    local_sqnr: f64,
+    alone: Score,
+    /// The combination measured with this layer added, if it was tried.
+    combined: Option<Score>,
+    accepted: bool,
+    why: &'static str,
+}
+
+/// The samples to judge on, where they come from, and the float outputs on
+/// them when `calibrate` kept them.
+struct Samples {
+    inputs: Vec<HostTensor>,
+    from: String,
+    reference: Option<Vec<Vec<HostTensor>>>,
+}
+
+impl SkipSensitive {
+    fn samples(&self, cx: &PassContext) -> Result<Samples, PassError> {
+        let cd = cx
+            .calibration_data
+            .as_ref()
+            .ok_or_else(|| PassError::msg("skip-sensitive measures on real samples: run calibrate first"))?;
+        let (ds, from, cached) = if let Some(p) = &self.data {
+            let npy = p.extension().is_some_and(|e| e == "npy")
+                || (p.is_dir()
+                    && std::fs::read_dir(p)
+                        .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "npy")))
+                        .unwrap_or(false));
+            let source = if npy { Source::Npy(p.clone()) } else { Source::Images(p.clone()) };
+            let ds = Dataset::open(&source, &cd.shape, cd.dataset.preprocess())
+                .map_err(|e| PassError::msg(format!("skip-sensitive data: {e}")))?;
+            (std::borrow::Cow::Owned(ds), format!("samples of {}", p.display()), false)
+        } else if let Some(h) = &cd.holdout {
+            (std::borrow::Cow::Borrowed(h), "samples held out of calibration".to_string(), false)
+        } else {
+            let from = "calibration samples (the ones that set the ranges; calibrate holds some out with >= 32 photos, or set skip-sensitive.data)";
+            (std::borrow::Cow::Borrowed(&cd.dataset), from.to_string(), true)
+        };
+        let n = self.samples.min(ds.len()).max(1);
+        let mut inputs = Vec::with_capacity(n);
+        let mut reference = Vec::with_capacity(n);
+        for i in 0..ds.len() {
+            if inputs.len() == n {
+                break;
+            }
+            let Ok(x) = ds.load(i) else { continue };
+            inputs.push(x);
+            reference.push(if cached { cd.float_outputs.get(i).cloned().flatten() } else { None });
+        }
+        if inputs.is_empty() {
+            return Err(PassError::msg("no usable sample to measure sensitivity on"));
+        }
+        Ok(Samples { inputs, from, reference: reference.into_iter().collect() })
+    }
+}
+
+impl Pass for SkipSensitive {
+    fn tolerance(&self) -> Tolerance {
+        Tolerance::Approximate
+    }
+
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+        let float = cx.float_graph.clone().ok_or_else(|| PassError::msg("run insert-qdq before skip-sensitive"))?;
+        let metric = find_metric(&self.metric).ok_or_else(|| {
+            let names: Vec<&str> = all_metrics().iter().map(|m| m.name).collect();
+            PassError::msg(format!("unknown metric `{}` (metrics: {})", self.metric, names.join(", ")))
+        })?;
+        let Samples { inputs, from, reference: cached } = self.samples(cx)?;
+        let shape = cx.calibration_data.as_ref().map(|c| c.shape.clone()).unwrap_or_default();
+        let mut input_shapes = BTreeMap::new();
+        if let Some(&i) = g.runtime_inputs().first() {
+            input_shapes.insert(g.value_name(i).to_string(), shape);
+        }
+        let engine = self.engine.unwrap_or(cx.engine);
+        let mut r = PassReport::default();
+        let reference = match cached {
+            Some(c) => c,
+            None => judge::run_all(&float, &inputs, Vec::new(), engine, &input_shapes, "skip-sensitive: float model")?,
+        };
+        let mut judge = Judge { inputs, reference, metric, engine, input_shapes, tie: self.tie };
+        let layers = quantized_layers(g);
+        if layers.is_empty() {
+            r.note("no quantized layer: nothing to measure");
+            return Ok(r);
+        }
+
+        // Local ranking, and the quantized model's outputs on those samples.
+        let k = self.local_samples.clamp(1, judge.inputs.len());
+        let loc = local::measure(g, &float, &layers, &judge.inputs[..k], engine, &judge.input_shapes)?;
+        let mut base_outputs = loc.outputs;
+        base_outputs.extend(judge::run_all(
+            g,
+            &judge.inputs[k..],
+            Vec::new(),
+            engine,
+            &judge.input_shapes,
+            "skip-sensitive: quantized model",
+        )?);
+        // A task metric that cannot judge these samples (e.g. the float model
+        // detects nothing) falls back to SQNR rather than failing the pipeline.
+        let base = match judge.score_outputs(&base_outputs) {
+            Ok(s) => s,
+            Err(e) if metric.name != "sqnr" => {
+                r.note(format!("{e}; judging by sqnr instead"));
+                judge.metric =
+                    find_metric("sqnr").ok_or_else(|| PassError::msg("the sqnr metric is not registered"))?;
+                judge.score_outputs(&base_outputs)?
+            }
+            Err(e) => return Err(e),
+        };
+        let name = judge.metric.name;
+        r.note(format!(
+            "everything quantized: {name} {:.4}, SQNR {:.2} dB on {} {from}",
+            base.metric,
+            base.sqnr,
+            judge.inputs.len()
+        ));
+
+        // Shortlist: the worst layers by the local measure.
+        let mut order: Vec<usize> = (0..layers.len()).collect();
+        order.sort_by(|&a, &b| loc.sqnr[a].total_cmp(&loc.sqnr[b]).then(a.cmp(&b)));
+        let m = self.shortlist.unwrap_or(2 * self.top_k + 2).clamp(1, layers.len());
+        let short: Vec<usize> = order[..m].to_vec();
+        r.note(format!(
+            "local measure on {k} sample(s) ranked {} layers; the worst {m} measured end to end",
+            layers.len()
+        ));
+
+        let bar = progress(cx.quiet, m as u64, "sensitivity {bar:30} {pos}/{len} layers alone, ETA {eta}");
+        let alone: Result<Vec<Score>, PassError> = short
+            .par_iter()
+            .map(|&i| {
+                let mut trial = g.clone();
+                to_float(&mut trial, layers[i], &float, self.float_weights)?;
+                let s = judge.score(&trial, "skip-sensitive: trial");
+                bar.inc(1);
+                s
+            })
+            .collect();
+        bar.finish_and_clear();
+        let mut cands: Vec<Candidate> = short
+            .iter()
+            .zip(alone?)
+            .map(|(&i, s)| Candidate {
+                layer: layers[i],
+                name: g.node(layers[i]).name().to_string(),
+                op: g.node(layers[i]).op_type().to_string(),
+                local_sqnr: loc.sqnr[i],
+                alone: s,
+                combined: None,
+                accepted: false,
+                why: "not reached",
+            })
+            .collect();
+        // Most helpful alone first.
+        cands.sort_by(|a, b| b.alone.metric.total_cmp(&a.alone.metric).then(b.alone.sqnr.total_cmp(&a.alone.sqnr)));
+
+        // Greedy forward selection, each step measured.
+        let mut current = base;
+        let mut chosen: Vec<NodeId> = Vec::new();
+        for c in &mut cands {
+            if chosen.len() >= self.top_k {
+                c.why = "top_k reached";
+                continue;
+            }
+            if self.target.is_some_and(|t| current.metric >= t) {
+                c.why = "target reached";
+                continue;
+            }
+            if !judge.better(c.alone, base) {
+                c.why = "no better than all-quantized when alone";
+                continue;
+            }
+            let combined = if chosen.is_empty() {
+                c.alone
+            } else {
+                let mut trial = g.clone();
+                for &l in chosen.iter().chain([&c.layer]) {
+                    to_float(&mut trial, l, &float, self.float_weights)?;
+                }
+                judge.score(&trial, "skip-sensitive: combination")?
+            };
+            c.combined = Some(combined);
+            if judge.better(combined, current) {
+                c.accepted = true;
+                c.why = "improves the model";
+                chosen.push(c.layer);
+                current = combined;
+            } else {
+                c.why = "the combination is no better";
+            }
+            r.note(format!(
+                "{} {} float: {name} {:.4}, SQNR {:.2} dB (alone {:.4}, {:.2} dB; local SQNR {:.1} dB)",
+                if c.accepted { "kept" } else { "tried" },
+                describe(g, c.layer),
+                combined.metric,
+                combined.sqnr,
+                c.alone.metric,
+                c.alone.sqnr,
+                c.local_sqnr
+            ));
+        }
+        for &l in &chosen {
+            to_float(g, l, &float, self.float_weights)?;
+        }
+        r.count("layers kept float", chosen.len() as u64);
+        crate::util::remove_dead(g, |g, n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"));
+        r.note(format!(
+            "after keeping {} layer(s) float: {name} {:.4}, SQNR {:.2} dB (all quantized: {:.4}, {:.2} dB)",
+            chosen.len(),
+            current.metric,
+            current.sqnr,
+            base.metric,
+            base.sqnr
+        ));
+        if let Some(p) = &self.report {
+            let p = match cx.output_path.as_ref().and_then(|o| o.parent()) {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p.clone(),
+            };
+            let doc = report_json(name, &from, base, current, &layers, &loc.sqnr, g_names(&float, &layers, g), &cands);
+            crate::calibrate::table::write_atomic(&p, &serde_json::to_string_pretty(&doc).unwrap_or_default())
+                .map_err(PassError::msg)?;
+        }
+        Ok(r)
+    }
+}
+
+fn progress(quiet: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// (name, op) of each layer, read from the float model where it has the node.
+fn g_names(float: &Graph, layers: &[NodeId], g: &Graph) -> Vec<(String, String)> {
+    layers
+        .iter()
+        .map(|&l| {
+            // Ids are compared only together with the name: a reused id must not pass for the node.
+            let same = float.contains_node(l) && float.node(l).name() == g.node(l).name();
+            let node = if same { float.node(l) } else { g.node(l) };
+            (node.name().to_string(), node.op_type().to_string())
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_json(
+    metric: &str,
+    from: &str,
+    base: Score,
+    last: Score,
+    layers: &[NodeId],
+    local: &[f64],
+    names: Vec<(String, String)>,
+    cands: &[Candidate],
+) -> serde_json::Value {
+    let score = |s: Score| serde_json::json!({ "metric": s.metric, "sqnr_db": s.sqnr });
+    let ranking: Vec<serde_json::Value> = layers
+        .iter()
+        .zip(local)
+        .zip(names)
+        .map(|((_, &l), (name, op))| serde_json::json!({ "node": name, "op": op, "local_sqnr_db": l }))
+        .collect();
+    let steps: Vec<serde_json::Value> = cands
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "node": c.name,
+                "op": c.op,
+                "local_sqnr_db": c.local_sqnr,
+                "alone": score(c.alone),
+                "combined": c.combined.map(score),
+                "accepted": c.accepted,
+                "why": c.why,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "metric": metric,
+        "samples": from,
+        "all_quantized": score(base),
+        "final": score(last),
+        "local_ranking": ranking,
+        "steps": steps,
+    })
+}
