@@ -13,8 +13,8 @@
 
 mod calib;
 mod doc;
-mod int8;
-mod measure;
+pub(crate) mod int8;
+pub(crate) mod measure;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -56,6 +56,13 @@ pub struct Args {
     pub quick: bool,
 }
 
+impl Args {
+    /// The settings other tasks (the demo) measure with: one run, nothing written.
+    pub(crate) fn for_demo() -> Args {
+        Args { runs: 1, slim_fusion_only: false, no_write: true, skip_assets: true, only: Vec::new(), quick: true }
+    }
+}
+
 /// A `--only` value: the name of a section.
 fn section_name(s: &str) -> Result<String, String> {
     match SECTIONS.iter().find(|sec| sec.name == s) {
@@ -75,6 +82,13 @@ pub struct Ctx<'a> {
     scratch: PathBuf,
     /// Versions of the python tools, filled by the sections that use them (for the header).
     tools: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for other tasks (the demo) that reuse the bench's measurements.
+    pub(crate) fn new(args: &'a Args, qforge: PathBuf, python: Python, models: Vec<PathBuf>, scratch: PathBuf) -> Self {
+        Ctx { args, root: util::workspace_root(), qforge, python, models, scratch, tools: vec![] }
+    }
 }
 
 /// One part of the results: runs its measurements, returns markdown; `failed` when a tool
@@ -148,7 +162,7 @@ pub fn run(args: &Args) -> Result<()> {
 const PY_MODULES: &[&str] = &["onnxslim", "onnx", "onnxruntime", "numpy", "PIL"];
 
 /// Installs onnxslim, onnx, onnxruntime, numpy and pillow with pip when one of them is missing.
-fn ensure_python_tools(py: &Python) -> Result<()> {
+pub(crate) fn ensure_python_tools(py: &Python) -> Result<()> {
     if py.has_modules(PY_MODULES) {
         return Ok(());
     }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Do not run `cargo xtask assets` first (use what is in the assets folder).
     #[arg(long)]
     pub skip_assets: bool,
+    /// Only the fold step (no INT8 quantization of the detectors).
+    #[arg(long)]
+    pub no_int8: bool,
 }
 
 /// What a step needs to build its command line.
@@ -122,11 +125,19 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    let table = summary(&rows);
+    let (int8, int8_ok) =
+        if args.no_int8 { (String::new(), true) } else { crate::demo_int8::run(&selected, &qforge, &out_dir)? };
+    let mut table = summary(&rows);
+    if !int8.is_empty() {
+        table = format!("{table}\nINT8 for TensorRT (`pipelines/yolo-int8.yaml`):\n\n{int8}");
+    }
     println!("\n==> summary (outputs in {})\n\n{table}", out_dir.display());
     let summary_path = out_dir.join("summary.md");
     fs::write(&summary_path, &table).with_context(|| format!("cannot write {}", summary_path.display()))?;
-    let failed: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} ({})", r.model, r.step)).collect();
+    let mut failed: Vec<String> = rows.iter().filter(|r| !r.ok).map(|r| format!("{} ({})", r.model, r.step)).collect();
+    if !int8_ok {
+        failed.push("yolo-int8 (see the table)".into());
+    }
     if !failed.is_empty() {
         bail!("{} of {} runs failed: {}", failed.len(), rows.len(), failed.join(", "));
     }

@@ -11,6 +11,7 @@
 mod assets;
 mod bench;
 mod demo;
+mod demo_int8;
 mod models;
 mod skeleton;
 mod util;
@@ -34,11 +35,13 @@ enum Task {
     /// `assets/wheels/`. The raw torch exports (YOLOv8s, YOLOv5n) are rebuilt from the skeletons
     /// in `xtask/skeletons/` with seeded random weights.
     Assets(assets::Args),
-    /// The main job: fold BatchNorm/Resize in every real model, with `--check-numerics`.
+    /// The main job: fold every real model, then INT8 for TensorRT on every detector.
     ///
-    /// Runs `assets`, builds qforge in release, runs `qforge run pipelines/fold.yaml` on each model
-    /// in `assets/models/` (outputs in `target/demo/`) and prints a before/after summary.
-    /// Exits non-zero if any model fails.
+    /// Runs `assets`, builds qforge in release, runs `qforge run pipelines/fold.yaml
+    /// --check-numerics` on each model in `assets/models/`, then `pipelines/yolo-int8.yaml` on the
+    /// detectors calibrated on `assets/photos`, beside ONNX Runtime's quantize_static on the same
+    /// photos (outputs in `target/demo/`), and prints both summaries. Exits non-zero if a qforge
+    /// run fails.
     Demo(demo::Args),
     /// Benchmark qforge side by side with onnxslim and ONNX Runtime; writes `bench/results.md`.
     ///

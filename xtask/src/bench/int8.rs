@@ -41,7 +41,7 @@ struct Outcome {
     ort_eval: Option<Result<Value>>,
 }
 
-pub fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
+pub(super) fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
     let model = measure::model(ctx, MODEL)?;
     let tail = tail_file(ctx, &model)?;
     let tail_len = fs::read_to_string(&tail).map_or(0, |t| t.lines().filter(|l| !l.trim().is_empty()).count());
@@ -149,7 +149,7 @@ pub fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
 }
 
 /// `qforge inspect MODEL --tail` into a file (node names, one per line).
-fn tail_file(ctx: &Ctx, model: &Path) -> Result<PathBuf> {
+pub(crate) fn tail_file(ctx: &Ctx, model: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new(&ctx.qforge);
     cmd.arg("inspect").arg(model).arg("--tail");
     let out = util::run_captured(&mut cmd)?;
