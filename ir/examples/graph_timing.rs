@@ -11,7 +11,8 @@
 //! every node: an Identity is inserted after each produced value and its
 //! readers moved to it, every original node is replaced by a copy of itself
 //! (`replace_node`), then the Identities are removed again; the graph must
-//! still verify.
+//! still verify. The workloads are not inlined, so an instruction profile
+//! (`valgrind --tool=callgrind`) attributes their cost on a busy machine.
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,7 @@ fn stats(mut t: Vec<Duration>) -> (Duration, Duration) {
 }
 
 /// 100 walks over every node, its inputs' producers and its outputs' users.
+#[inline(never)]
 fn read_workload(g: &Graph) -> usize {
     let mut acc = 0;
     for _ in 0..100 {
@@ -119,6 +121,7 @@ fn read_workload(g: &Graph) -> usize {
 
 /// Identity after every produced value with readers, `replace_node` on every
 /// original node, then the Identities removed again.
+#[inline(never)]
 fn mutate_workload(g: &mut Graph) -> Result<(), qforge_ir::IrError> {
     let originals = g.node_ids();
     let mut ids: Vec<(ValueId, ValueId, qforge_ir::NodeId)> = Vec::new();
