@@ -28,8 +28,10 @@ pub struct PassContext {
     /// The samples `calibrate` used and the input shape, for analyses that
     /// need real data later in the pipeline (`skip-sensitive`).
     pub calibration_data: Option<(qforge_runtime::Dataset, Vec<usize>)>,
-    /// The graph as it was before `insert-qdq` (node ids match), the float
-    /// reference of quantization analyses.
+    /// The graph as it was before `insert-qdq`, the float reference of
+    /// quantization analyses. A clone: ids that existed when it was made
+    /// resolve to the same nodes and values in both graphs; ids created
+    /// later in either are unknown (`try_node` is `None`) in the other.
     pub float_graph: Option<qforge_ir::Graph>,
     /// The engine build the `tensorrt` pass asked for, run by whoever saves
     /// the model (the CLI) once the ONNX file exists.

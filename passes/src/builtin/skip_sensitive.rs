@@ -243,8 +243,8 @@ impl Pass for SkipSensitive {
                 .iter()
                 .map(|&(l, s)| {
                     serde_json::json!({
-                        "node": float.node(l).name(),
-                        "op": float.node(l).op_type(),
+                        "node": g.node(l).name(),
+                        "op": g.node(l).op_type(),
                         "metric_if_float": s.0,
                         "sqnr_db_if_float": s.1,
                         "kept_float": skipped.contains(&l),
