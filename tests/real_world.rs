@@ -107,16 +107,20 @@ fn assert_valid(model: &Path) {
         .arg(model)
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{} is not a valid model:\n{}", model.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} is not a valid model:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Folds `case` and checks everything the module doc promises.
 fn fold_and_check(case: &Case) {
     let dir = common::tempdir();
     let out = dir.path().join("out.onnx");
-    let mut args: Vec<String> = ["run", "fold", "-i", case.path.to_str().unwrap(), "-o", out.to_str().unwrap()]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> =
+        ["run", "fold", "-i", case.path.to_str().unwrap(), "-o", out.to_str().unwrap()].map(String::from).to_vec();
     args.push("--check-numerics".into());
     if let Some(s) = &case.input_shape {
         args.extend(["--input-shape".into(), s.clone()]);

@@ -195,11 +195,7 @@ fn check_uses_and_edges(c: &mut Checker) {
         if let ValueDef::Node(p, _) = g.value(v).def() {
             edge_count += want.len();
             for (n, slot) in &want {
-                let found = g
-                    .dag
-                    .edges_connecting(p.0, n.0)
-                    .filter(|e| e.weight().value == v && e.weight().slot == *slot)
-                    .count();
+                let found = g.edges_between(p, *n).filter(|e| e.value == v && e.slot == *slot).count();
                 if found != 1 {
                     c.report("edges", format!("{found} edges carry {} to {} (want 1)", c.vname(v), c.node_desc(*n)));
                 }

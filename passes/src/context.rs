@@ -30,9 +30,9 @@ pub struct PassContext {
     /// pipeline (`skip-sensitive`).
     pub calibration_data: Option<crate::calibrate::CalibrationData>,
     /// The graph as it was before `insert-qdq`, the float reference of
-    /// quantization analyses. Node ids of that copy name the same nodes in
-    /// the rewritten graph while both exist (ids are never reused); match
-    /// by name anything created later.
+    /// quantization analyses. A clone: ids that existed when it was made
+    /// resolve to the same nodes and values in both graphs; ids created
+    /// later in either are unknown (`try_node` is `None`) in the other.
     pub float_graph: Option<qforge_ir::Graph>,
     /// The engine build the `tensorrt` pass asked for, run by whoever saves
     /// the model (the CLI) once the ONNX file exists.

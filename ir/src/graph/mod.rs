@@ -6,20 +6,29 @@
 //! the underlying `StableDiGraph` (producer → consumer, one per use) are
 //! derived from those lists by the mutation API in [`mutate`](self) and exist
 //! so petgraph's algorithms (cycle checks, toposort) apply directly. Callers
-//! see [`NodeId`] / [`ValueId`], never petgraph indices.
+//! see [`NodeId`] / [`ValueId`], never petgraph indices: petgraph reuses a
+//! removed node's slot, while our ids are never reused, so a stale id is an
+//! error instead of another node (the id table and why it was chosen over
+//! never freeing slots are in [`ids`]). The same module holds
+//! [`Graph::generation`], the counter every mutation bumps.
 //!
 //! Everything from the protobuf that qforge does not interpret (doc strings,
 //! metadata, unknown attributes, subgraphs, orphan `value_info` entries) is
 //! kept next to the parts it does, so export is lossless.
 
 mod convert;
+mod ids;
 mod mutate;
 mod subgraph;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 
+pub use ids::{NodeId, ValueId};
 pub use mutate::{InsertAt, NewNode};
 
 use crate::attr::AttrExt;
@@ -27,29 +36,6 @@ use crate::dtype::DataType;
 use crate::proto::{AttributeProto, GraphProto, NodeProto, OperatorSetIdProto, SparseTensorProto, ValueInfoProto};
 use crate::shape::{Shape, TypeInfo};
 use crate::tensor::Tensor;
-
-/// Handle of an op node. Stays valid until the node is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub(crate) NodeIndex<u32>);
-
-/// Handle of a value (tensor). Stays valid until the value is removed; ids
-/// are never reused within one graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ValueId(pub(crate) u32);
-
-impl NodeId {
-    /// A number for diagnostics (`n12`).
-    pub fn index(self) -> usize {
-        self.0.index()
-    }
-}
-
-impl ValueId {
-    /// A number for diagnostics and dense side tables.
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
 
 /// Which input of a node reads a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -245,7 +231,14 @@ pub(crate) enum InfoEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
     pub(crate) dag: StableDiGraph<Node, Edge, u32>,
-    pub(crate) values: Vec<Option<Value>>,
+    /// Id allocator, shared with this graph's clones (see [`ids`]).
+    pub(crate) ids: Arc<ids::IdSpace>,
+    /// `NodeId` sequence number → petgraph index.
+    pub(crate) node_slots: Vec<ids::Slot<NodeIndex<u32>>>,
+    /// Values by `ValueId` sequence number.
+    pub(crate) values: Vec<ids::Slot<Value>>,
+    /// See [`Graph::generation`].
+    pub(crate) generation: ids::Generation,
     pub(crate) by_name: HashMap<String, ValueId>,
     /// Node order of the file; kept topological by the mutation API.
     pub(crate) order: Vec<NodeId>,
@@ -275,41 +268,6 @@ impl Graph {
         self.header.name()
     }
 
-    /// The node.
-    ///
-    /// # Panics
-    /// If the id is stale (its node was removed): a bug in the calling pass.
-    pub fn node(&self, n: NodeId) -> &Node {
-        self.dag.node_weight(n.0).expect("stale NodeId")
-    }
-
-    /// The node, mutably (name, op type, attributes).
-    pub fn node_mut(&mut self, n: NodeId) -> &mut Node {
-        self.dag.node_weight_mut(n.0).expect("stale NodeId")
-    }
-
-    /// True while the node exists.
-    pub fn contains_node(&self, n: NodeId) -> bool {
-        self.dag.contains_node(n.0)
-    }
-
-    /// The value.
-    ///
-    /// # Panics
-    /// If the id is stale.
-    pub fn value(&self, v: ValueId) -> &Value {
-        self.values.get(v.index()).and_then(Option::as_ref).expect("stale ValueId")
-    }
-
-    pub(crate) fn value_mut(&mut self, v: ValueId) -> &mut Value {
-        self.values.get_mut(v.index()).and_then(Option::as_mut).expect("stale ValueId")
-    }
-
-    /// True while the value exists.
-    pub fn contains_value(&self, v: ValueId) -> bool {
-        matches!(self.values.get(v.index()), Some(Some(_)))
-    }
-
     /// The value's name.
     pub fn value_name(&self, v: ValueId) -> &str {
         &self.value(v).name
@@ -328,11 +286,6 @@ impl Graph {
     /// Number of nodes.
     pub fn node_count(&self) -> usize {
         self.order.len()
-    }
-
-    /// All live values, in creation order.
-    pub fn value_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
-        self.values.iter().enumerate().filter(|(_, v)| v.is_some()).map(|(i, _)| ValueId(i as u32))
     }
 
     /// The value called `name`.
@@ -467,6 +420,10 @@ impl Graph {
 
     /// Sets (or adds) the opset version of `domain`.
     pub fn set_opset(&mut self, domain: &str, version: i64) {
+        if self.opset_import.iter().any(|o| o.domain() == domain && o.version() == version) {
+            return;
+        }
+        self.touch();
         match self.opset_import.iter_mut().find(|o| o.domain() == domain) {
             Some(o) => o.version = Some(version),
             None => {

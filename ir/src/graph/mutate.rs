@@ -83,9 +83,15 @@ impl Graph {
     }
 
     pub(crate) fn new_value(&mut self, name: String, def: ValueDef) -> ValueId {
-        let id = ValueId(self.values.len() as u32);
-        self.by_name.insert(name.clone(), id);
-        self.values.push(Some(Value { name, def, tensor: None, sparse: None, uses: Vec::new(), info: None }));
+        let id = self.register_value(Value {
+            name: name.clone(),
+            def,
+            tensor: None,
+            sparse: None,
+            uses: Vec::new(),
+            info: None,
+        });
+        self.by_name.insert(name, id);
         id
     }
 
@@ -104,6 +110,7 @@ impl Graph {
     pub fn add_output(&mut self, v: ValueId) {
         let ty = self.type_info(v).map(|t| t.to_proto());
         let info = ValueInfoProto { name: Some(self.value(v).name.clone()), r#type: ty, ..Default::default() };
+        self.touch();
         self.outputs.push(Port { value: v, info });
     }
 
@@ -195,7 +202,8 @@ impl Graph {
 
     /// Adds a node with no inputs or outputs and no place in the order.
     pub(crate) fn add_node_raw(&mut self, proto: NodeProto) -> NodeId {
-        NodeId(self.dag.add_node(Node { proto, inputs: Vec::new(), outputs: Vec::new(), implicit: Vec::new() }))
+        let ix = self.dag.add_node(Node { proto, inputs: Vec::new(), outputs: Vec::new(), implicit: Vec::new() });
+        self.register_node(ix)
     }
 
     fn place(&mut self, n: NodeId, at: InsertAt) -> Result<(), IrError> {
@@ -210,6 +218,7 @@ impl Graph {
                 if matches!(at, InsertAt::After(_)) { i + 1 } else { i }
             }
         };
+        self.touch();
         self.order.insert(pos, n);
         Ok(())
     }
@@ -217,7 +226,8 @@ impl Graph {
     fn connect(&mut self, v: ValueId, node: NodeId, slot: UseSlot) {
         self.value_mut(v).uses.push(Use { node, slot });
         if let ValueDef::Node(p, _) = self.value(v).def {
-            self.dag.add_edge(p.0, node.0, Edge { value: v, slot });
+            let (from, to) = (self.live_ix(p), self.live_ix(node));
+            self.dag.add_edge(from, to, Edge { value: v, slot });
         }
     }
 
@@ -228,7 +238,7 @@ impl Graph {
         }
         let edge = self
             .dag
-            .edges_directed(node.0, Direction::Incoming)
+            .edges_directed(self.live_ix(node), Direction::Incoming)
             .find(|e| e.weight().value == v && e.weight().slot == slot)
             .map(|e| e.id());
         if let Some(e) = edge {
@@ -239,6 +249,9 @@ impl Graph {
     /// Sets input `slot` of `n` to `v` (`None` = omitted optional input);
     /// a slot past the end extends the input list with empty slots.
     pub fn set_input(&mut self, n: NodeId, slot: usize, v: Option<ValueId>) {
+        if self.node(n).inputs.get(slot) == Some(&v) {
+            return;
+        }
         if let Some(Some(old)) = self.node(n).inputs.get(slot).copied() {
             self.disconnect(old, n, UseSlot::Input(slot));
         }
@@ -254,6 +267,9 @@ impl Graph {
 
     /// Drops trailing empty input slots of `n`.
     pub fn trim_inputs(&mut self, n: NodeId) {
+        if self.node(n).inputs.last() != Some(&None) {
+            return;
+        }
         let node = self.node_mut(n);
         while node.inputs.last() == Some(&None) {
             node.inputs.pop();
@@ -263,6 +279,9 @@ impl Graph {
     /// Removes input `slot` of `n`, shifting the later inputs down by one.
     pub fn remove_input(&mut self, n: NodeId, slot: usize) {
         let inputs = self.node(n).inputs.clone();
+        if slot >= inputs.len() {
+            return;
+        }
         for (i, v) in inputs.iter().enumerate().skip(slot) {
             if let Some(v) = v {
                 self.disconnect(*v, n, UseSlot::Input(i));
@@ -291,7 +310,8 @@ impl Graph {
             if let Some(v) = v {
                 self.value_mut(v).def = ValueDef::Node(n, slot);
                 for u in self.value(v).uses.clone() {
-                    self.dag.add_edge(n.0, u.node.0, Edge { value: v, slot: u.slot });
+                    let (from, to) = (self.live_ix(n), self.live_ix(u.node));
+                    self.dag.add_edge(from, to, Edge { value: v, slot: u.slot });
                 }
             }
             self.node_mut(n).outputs.push(v);
@@ -335,7 +355,8 @@ impl Graph {
             self.value_mut(*v).def = ValueDef::Undefined;
         }
         self.order.retain(|&x| x != n);
-        self.dag.remove_node(n.0).unwrap_or(node)
+        let ix = self.unregister_node(n);
+        self.dag.remove_node(ix).unwrap_or(node)
     }
 
     /// Makes every node that reads `old` read `new` instead (graph outputs
@@ -348,7 +369,7 @@ impl Graph {
         for u in &uses {
             let edge = self
                 .dag
-                .edges_directed(u.node.0, Direction::Incoming)
+                .edges_directed(self.live_ix(u.node), Direction::Incoming)
                 .find(|e| e.weight().value == old && e.weight().slot == u.slot)
                 .map(|e| e.id());
             if let Some(e) = edge {
@@ -435,7 +456,7 @@ impl Graph {
         self.initializers.retain(|&x| x != v);
         self.sparse_initializers.retain(|&x| x != v);
         self.value_info.retain(|e| !matches!(e, InfoEntry::Attached(x) if *x == v));
-        self.values[v.index()] = None;
+        self.unregister_value(v);
         Ok(())
     }
 
@@ -475,7 +496,10 @@ impl Graph {
         if a != b {
             return Err(IrError::Mutation("new node order is not a permutation of the graph's nodes".into()));
         }
-        self.order = order;
+        if order != self.order {
+            self.touch();
+            self.order = order;
+        }
         Ok(())
     }
 
@@ -483,6 +507,7 @@ impl Graph {
     pub fn move_node(&mut self, n: NodeId, at: InsertAt) -> Result<(), IrError> {
         let old =
             self.order.iter().position(|&x| x == n).ok_or_else(|| IrError::Mutation("node not in order".into()))?;
+        self.touch();
         self.order.remove(old);
         if let Err(e) = self.place(n, at) {
             self.order.insert(old, n);
@@ -494,18 +519,25 @@ impl Graph {
     /// Points graph output `index` at another value (its declaration keeps
     /// its name field, rewritten from the value at export).
     pub fn set_output_value(&mut self, index: usize, v: ValueId) {
-        if let Some(p) = self.outputs.get_mut(index) {
-            p.value = v;
+        if self.outputs.get(index).is_some_and(|p| p.value != v) {
+            self.touch();
+            self.outputs[index].value = v;
         }
     }
 
     /// Removes a graph output port (the value stays).
     pub fn remove_output(&mut self, index: usize) -> Option<Port> {
-        (index < self.outputs.len()).then(|| self.outputs.remove(index))
+        (index < self.outputs.len()).then(|| {
+            self.touch();
+            self.outputs.remove(index)
+        })
     }
 
     /// Mutable access to a graph input declaration (e.g. to fix dims).
     pub fn input_port_mut(&mut self, index: usize) -> Option<&mut Port> {
+        if index < self.inputs.len() {
+            self.touch();
+        }
         self.inputs.get_mut(index)
     }
 }

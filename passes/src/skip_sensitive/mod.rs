@@ -338,7 +338,7 @@ impl Pass for SkipSensitive {
                 Some(dir) if p.is_relative() => dir.join(p),
                 _ => p.clone(),
             };
-            let doc = report_json(name, &from, base, current, &layers, &loc.sqnr, g_names(&float, &layers, g), &cands);
+            let doc = report_json(name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
             crate::calibrate::table::write_atomic(&p, &serde_json::to_string_pretty(&doc).unwrap_or_default())
                 .map_err(PassError::msg)?;
         }
@@ -354,17 +354,9 @@ fn progress(quiet: bool, len: u64, template: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// (name, op) of each layer, read from the float model where it has the node.
-fn g_names(float: &Graph, layers: &[NodeId], g: &Graph) -> Vec<(String, String)> {
-    layers
-        .iter()
-        .map(|&l| {
-            // Ids are compared only together with the name: a reused id must not pass for the node.
-            let same = float.contains_node(l) && float.node(l).name() == g.node(l).name();
-            let node = if same { float.node(l) } else { g.node(l) };
-            (node.name().to_string(), node.op_type().to_string())
-        })
-        .collect()
+/// (name, op) of each layer of the quantized graph.
+fn layer_names(layers: &[NodeId], g: &Graph) -> Vec<(String, String)> {
+    layers.iter().map(|&l| (g.node(l).name().to_string(), g.node(l).op_type().to_string())).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
