@@ -172,7 +172,9 @@ impl Graph {
     /// same state: a graph and its clones until one of them is changed, so a
     /// pass manager can tell from the graph itself whether a pass changed
     /// it. [`Graph::node_mut`] counts as a change even if the caller only
-    /// reads; read through [`Graph::node`].
+    /// reads; read through [`Graph::node`]. Known gap: [`Graph::set_type`]
+    /// on a graph input/output declaration does not bump it yet (its
+    /// `value_info` path does).
     pub fn generation(&self) -> u64 {
         self.generation.0
     }
