@@ -146,6 +146,7 @@ impl Graph {
         if self.value(v).tensor.is_some() {
             return;
         }
+        self.touch();
         let mut declared = false;
         for p in self.inputs.iter_mut().chain(self.outputs.iter_mut()).filter(|p| p.value == v) {
             ty.write_proto(p.info.r#type.get_or_insert_with(Default::default));
