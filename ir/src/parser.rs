@@ -456,6 +456,26 @@ impl Cursor<'_> {
             let x = self.scalar()?;
             self.expect(')')?;
             vec![x; n]
+        } else if dt == DataType::I64 && self.peek() == Some('[') {
+            // Exact: 64-bit integers do not survive a trip through f64.
+            self.pos += 1;
+            let mut v = Vec::new();
+            self.ws();
+            if !self.eat(']') {
+                loop {
+                    self.ws();
+                    v.push(self.int()?);
+                    self.ws();
+                    if self.eat(']') {
+                        break;
+                    }
+                    self.expect(',')?;
+                }
+            }
+            if v.len() != n {
+                return Err(self.err(format!("{} values for dims {dims:?} ({n} elements)", v.len())));
+            }
+            return Ok(Tensor::new(dims, &v));
         } else if self.eat('[') {
             let mut v = Vec::new();
             self.ws();

@@ -21,6 +21,7 @@ pub mod insert_qdq;
 mod manager;
 pub mod metric;
 mod numerics;
+pub mod ops;
 pub mod opset;
 mod pipeline;
 pub mod qdq_rules;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::{InferenceOp, bail};
 
 use crate::host::{Data, HostTensor};
 use crate::{RuntimeError, SessionOptions, Signature};
@@ -46,15 +47,59 @@ impl TractSession {
     pub fn new(model: &Model, opts: &SessionOptions) -> Result<TractSession, RuntimeError> {
         let sig = Signature::new(&model.graph, opts)?;
         let bytes = qforge_ir::export(model).encode_to_vec();
-        let mut m =
-            tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(engine_err)?;
-        for (i, (shape, dt)) in sig.shapes.iter().zip(&sig.dtypes).enumerate() {
-            let fact = InferenceFact::dt_shape(datum(*dt)?, shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
-            m.set_input_fact(i, fact).map_err(engine_err)?;
-        }
-        m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
-        let plan = m.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)?;
+        let plan = contained("preparing the model", || {
+            let mut onnx = tract_onnx::onnx();
+            onnx.op_register.insert("Upsample", upsample);
+            let mut m = onnx.with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(engine_err)?;
+            for (i, (shape, dt)) in sig.shapes.iter().zip(&sig.dtypes).enumerate() {
+                let fact = InferenceFact::dt_shape(datum(*dt)?, shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                m.set_input_fact(i, fact).map_err(engine_err)?;
+            }
+            m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
+            m.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)
+        })?;
         Ok(TractSession { plan, sig })
+    }
+}
+
+/// tract has no `Upsample` (deprecated since opset 10, still written by
+/// old exporters). From opset 9 on it is exactly opset 10's `Resize`: the
+/// same inputs (X, scales), the same `mode`, asymmetric coordinates and
+/// floor rounding; so it is parsed as that. Opsets 7–8 kept the scales in
+/// an attribute and get a clear error.
+fn upsample(
+    ctx: &tract_onnx::model::ParsingContext,
+    node: &tract_onnx::pb::NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    if ctx.onnx_operator_set_version < 9 {
+        bail!("Upsample before opset 9 (scales as an attribute) is not supported by the tract engine")
+    }
+    let Some(resize) = ctx.framework.op_register.0.get("Resize") else { bail!("tract has no Resize") };
+    let as_resize_10 = tract_onnx::model::ParsingContext {
+        onnx_operator_set_version: 10,
+        framework: ctx.framework,
+        model: ctx.model,
+        parent_graphs: ctx.parent_graphs.clone(),
+        model_dir: ctx.model_dir,
+        template: ctx.template.clone(),
+    };
+    resize(&as_resize_10, node)
+}
+
+/// Runs `f`, turning a panic inside tract into an engine error: a malformed
+/// graph that slipped past our checks (a zero stride, a negative Range
+/// step) must give the user a message, not a crash of the whole process.
+fn contained<T>(what: &str, f: impl FnOnce() -> Result<T, RuntimeError>) -> Result<T, RuntimeError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(RuntimeError::Engine { engine: "tract", message: format!("tract crashed while {what}: {msg}") })
+        }
     }
 }
 
@@ -124,7 +169,7 @@ impl crate::Session for TractSession {
         self.sig.check(inputs)?;
         let feed: TVec<TValue> =
             inputs.iter().map(|t| to_tract(t).map(Tensor::into_tvalue)).collect::<Result<_, _>>()?;
-        let out = self.plan.run(feed).map_err(engine_err)?;
+        let out = contained("running the model", || self.plan.run(feed).map_err(engine_err))?;
         out.iter().zip(&self.sig.outputs).map(|(t, n)| from_tract(n, t)).collect()
     }
 }
