@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod check;
+pub use check::check_valid;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,6 +24,28 @@ pub fn model(name: &str) -> Option<PathBuf> {
         Some(p)
     } else {
         eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` to fetch the real models ***\n", p.display());
+        None
+    }
+}
+
+/// Where raw exports live on the development machines until they are in
+/// the assets (read-only).
+const SHARED_MODELS: &str = "/work/shared/models";
+
+/// A real model from the assets, else from the shared model folder, or
+/// `None` after printing a loud SKIP line.
+pub fn model_or_shared(name: &str) -> Option<PathBuf> {
+    let p = assets().join("models").join(name);
+    let shared = Path::new(SHARED_MODELS).join(name);
+    if p.exists() {
+        Some(p)
+    } else if shared.exists() {
+        Some(shared)
+    } else {
+        eprintln!(
+            "\n*** SKIP: {name} is in neither {} nor {SHARED_MODELS} — run `cargo xtask assets` ***\n",
+            p.parent().map(|d| d.display().to_string()).unwrap_or_default()
+        );
         None
     }
 }
