@@ -33,13 +33,13 @@ fn engines() -> Vec<&'static str> {
     match qforge_runtime::ort_library_path() {
         Ok(_) => vec!["tract", "ort"],
         Err(e) => {
-            eprintln!("\n*** SKIP: engine ort: {e} ***\n");
+            common::skip(&format!("engine ort: {e}"));
             vec!["tract"]
         }
     }
     #[cfg(not(feature = "ort"))]
     {
-        eprintln!("\n*** SKIP: engine ort: built without the `ort` feature (cargo test --features ort) ***\n");
+        common::skip("engine ort: built without the `ort` feature (cargo test --features ort)");
         vec!["tract"]
     }
 }
@@ -85,6 +85,7 @@ fn max_ranges_match_onnxruntime_minmax_on_nudenet() {
             engine,
             "-q",
         ]);
+        common::check_valid(&out, Some(&model));
         let ours: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(&table)).unwrap()).unwrap();
         let mut compared = 0;
         let mut worst = (String::new(), 0.0f64);
@@ -130,6 +131,7 @@ fn table_and_trt_cache_are_written_and_load_back() {
         "calibrate.data.limit=4",
     ]);
     assert!(stdout.contains("samples 4"), "{stdout}");
+    common::check_valid(&out, Some(&model));
     let cache = std::fs::read_to_string(dir.path().join("calibration.cache")).unwrap();
     assert!(cache.starts_with("TRT-8601-EntropyCalibration2\n"), "{cache}");
     let json: serde_json::Value =
@@ -155,6 +157,7 @@ fn table_and_trt_cache_are_written_and_load_back() {
         let o2 = dir.path().join("o2.onnx");
         let s = run_ok(&["run", pipe.to_str().unwrap(), "-i", out.to_str().unwrap(), "-o", o2.to_str().unwrap()]);
         assert!(s.contains(&format!("tensors {}", tensors.len())), "{file}: {s}");
+        common::check_valid(&o2, Some(&out));
     }
 }
 
@@ -240,4 +243,5 @@ fn a_corrupt_image_among_good_ones_is_skipped_with_a_warning() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("warning: skipping") && err.contains("broken.jpg"), "{err}");
     assert!(stdout.contains("samples 1") && stdout.contains("samples skipped 1"), "{stdout}");
+    common::check_valid(&out, Some(&model));
 }

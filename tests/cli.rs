@@ -106,7 +106,10 @@ fn qdq_with_wrong_zero_point_dtype() {
     .unwrap();
     let dir = common::tempdir();
     let p = dir.path().join("qdq.onnx");
-    qforge_ir::save(&qforge_ir::Model::new(g), &p, &Default::default()).unwrap();
+    // Deliberately invalid, so written from the proto: `save` refuses it.
+    let e = qforge_ir::save(&qforge_ir::Model::new(g.clone()), &p, &Default::default()).unwrap_err().to_string();
+    assert!(e.contains("input is i8 but the zero point is u8"), "{e}");
+    std::fs::write(&p, qforge_ir::export(&qforge_ir::Model::new(g)).encode_to_vec()).unwrap();
     let moved = common::tempdir();
     let q = moved.path().join("qdq.onnx");
     std::fs::copy(&p, &q).unwrap();
@@ -204,6 +207,7 @@ fn input_is_never_overwritten_unless_forced() {
     assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(rich()).unwrap());
     let r = qforge(&["run", "fold", "-i", s(&p), "-o", s(&p), "--force", "-q"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    common::check_valid(&p, Some(&rich()));
 }
 
 #[test]
@@ -232,6 +236,7 @@ fn run_writes_output_report_and_honours_stop_after() {
     assert_eq!(j["runs"].as_array().unwrap().len(), 2);
     assert_eq!(j["runs"][1]["pass"], "eliminate-identity");
     qforge_ir::load(&out).unwrap();
+    common::check_valid(&out, Some(&rich()));
 }
 
 #[test]
@@ -253,11 +258,15 @@ fn passes_inspect_and_diff() {
     assert!(r.stdout.contains("%t = LeakyRelu(%x) {alpha=0.0} : f32[1,4]  # relu"), "{}", r.stdout);
 
     let dir = common::tempdir();
-    let g = qforge_ir::parse_graph(include_str!("passes/fold-batchnorm/conv.ir")).unwrap();
+    // The case's graph output, declared (ONNX requires a type on it).
+    let text = include_str!("passes/fold-batchnorm/conv.ir").replace("output %y", "output %y: f32[1,4,8,8]");
+    let g = qforge_ir::parse_graph(&text).unwrap();
     let a = dir.path().join("a.onnx");
     qforge_ir::save(&qforge_ir::Model::new(g), &a, &Default::default()).unwrap();
+    common::check_valid(&a, None);
     let b = dir.path().join("b.onnx");
     assert_eq!(qforge(&["run", "fold", "-i", s(&a), "-o", s(&b), "-q"]).code, 0);
+    common::check_valid(&b, Some(&a));
     let r = qforge(&["diff", s(&a), s(&b)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("ops: BatchNormalization 1 → 0 (-1)"), "{}", r.stdout);

@@ -134,11 +134,12 @@ fn legality_reports_opset_11() {
 
 fn small_qdq_model(dir: &Path) -> std::path::PathBuf {
     let g = parse_graph(
-        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.1]\n  init @z: i8[] = [0]\n  init @w: f32[2,2,1,1] = rand(1)\n  %q = QuantizeLinear(%x, @s, @z)  # q\n  %d = DequantizeLinear(%q, @s, @z)  # dq\n  %y = Conv(%d, @w)  # conv\n  output %y\n}\n",
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.1]\n  init @z: i8[] = [0]\n  init @w: f32[2,2,1,1] = rand(1)\n  %q = QuantizeLinear(%x, @s, @z)  # q\n  %d = DequantizeLinear(%q, @s, @z)  # dq\n  %y = Conv(%d, @w)  # conv\n  output %y: f32[1,2,4,4]\n}\n",
     )
     .unwrap();
     let p = dir.join("qdq.onnx");
     qforge_ir::save(&qforge_ir::Model::new(g), &p, &Default::default()).unwrap();
+    common::check_valid(&p, None);
     p
 }
 
@@ -166,6 +167,7 @@ fn engine_step_without_tensorrt_prints_the_command_or_fails_when_required() {
     );
     assert!(err.contains("TensorRT (trtexec) is not installed here") && err.contains(&cmd), "{err}");
     assert!(out.exists());
+    common::check_valid(&out, Some(&model));
     std::fs::remove_file(&out).unwrap();
     let o = run("required");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -196,6 +198,7 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(dir.path().join("nudenet.int8.cache").exists());
+    common::check_valid(&out, Some(&model));
     let m = qforge_ir::load(&out).unwrap();
     let g = &m.graph;
     qforge_ir::verify(g).unwrap();
@@ -246,6 +249,7 @@ fn to_fp16_keeps_the_interface_and_runs_in_onnxruntime() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::check_valid(&out, Some(&model));
     let m = qforge_ir::load(&out).unwrap();
     let g = &m.graph;
     let io: Vec<_> = g.runtime_inputs().into_iter().chain(g.outputs().iter().map(|p| p.value)).collect();

@@ -3,7 +3,9 @@
 //! (options from an optional `# options: {...}` line), and the snapshot
 //! records the IR before ⇒ after plus the pass report. Every case is also
 //! run on seeded random inputs before and after the pass: exact passes must
-//! agree to 1e-5 relative (`cargo insta review` to accept changes).
+//! agree to 1e-5 relative (`cargo insta review` to accept changes), and
+//! the rewritten graph, saved, must pass `onnx.checker` and load in ONNX
+//! Runtime.
 
 mod common;
 
@@ -82,6 +84,14 @@ fn pass_cases() {
         {
             assert!(err <= 1e-5, "{}: output {output} differs by {err:e} after {pass}", path.display());
         }
+        // The rewritten graph, written as a model, is valid ONNX (failures
+        // the case's own input has, e.g. an undeclared output type, excepted).
+        let dir = common::tempdir();
+        let (a, b) = (dir.path().join("before.onnx"), dir.path().join("after.onnx"));
+        let opts = qforge_ir::ExportOptions::default();
+        qforge_ir::save(&Model::new(before.clone()), &a, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        qforge_ir::save(&Model::new(after.clone()), &b, &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        common::check_valid(&b, Some(&a));
         let counters: Vec<String> = report.counters.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let notes: Vec<String> = report.notes.iter().map(|n| format!("note: {n}")).collect();
         insta::with_settings!({ omit_expression => true }, {

@@ -36,8 +36,7 @@ fn python_ready() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI must have python3 with onnx, onnxruntime, onnxslim and numpy");
-        eprintln!("\n*** SKIP: python3 with onnx, onnxruntime, onnxslim and numpy is not available ***\n");
+        common::skip("python3 with onnx, onnxruntime, onnxslim and numpy is not available");
     }
     ok
 }
@@ -96,25 +95,6 @@ fn onnxslim_nodes(model: &Path) -> usize {
     String::from_utf8_lossy(&out.stdout).trim().lines().last().and_then(|l| l.parse().ok()).expect("a node count")
 }
 
-/// `onnx.checker.check_model(full_check=True)` and an ONNX Runtime session.
-fn assert_valid(model: &Path) {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, onnx, onnxruntime as ort; onnx.checker.check_model(sys.argv[1], full_check=True); \
-             ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])",
-        ])
-        .arg(model)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{} is not a valid model:\n{}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Folds `case` and checks everything the module doc promises.
 fn fold_and_check(case: &Case) {
     let dir = common::tempdir();
@@ -140,7 +120,7 @@ fn fold_and_check(case: &Case) {
     assert!(nodes <= slim, "{}: qforge leaves {nodes} nodes, onnxslim {slim}:\n{stdout}", case.path.display());
     eprintln!("{}: {nodes} nodes after fold.yaml (onnxslim: {slim})", case.path.display());
 
-    assert_valid(&out);
+    common::check_valid(&out, Some(&case.path));
     let mut extra = Vec::new();
     if let Some(s) = &case.input_shape {
         extra = vec!["--input-shape", s.split_once('=').map_or(s.as_str(), |p| p.1)];

@@ -23,7 +23,7 @@ fn models() -> Vec<PathBuf> {
     let dir = common::assets().join("models");
     match std::fs::read_dir(&dir) {
         Ok(rd) => out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "onnx"))),
-        Err(_) => eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` ***\n", dir.display()),
+        Err(_) => common::skip(&format!("{} is missing — run `cargo xtask assets`", dir.display())),
     }
     for name in ["yolov8s-torch-export-random.onnx", "yolov5n-untrained-unfused-bn.onnx"] {
         let shared = Path::new("/work/shared/models").join(name);
@@ -31,7 +31,7 @@ fn models() -> Vec<PathBuf> {
             if shared.exists() {
                 out.push(shared);
             } else {
-                eprintln!("\n*** SKIP: {name} is in neither the assets nor /work/shared/models ***\n");
+                common::skip(&format!("{name} is in neither the assets nor /work/shared/models"));
             }
         }
     }
@@ -47,7 +47,7 @@ fn python_onnx() -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("\n*** SKIP: python3 with onnx is not available (pip install onnx) ***\n");
+        common::skip("python3 with onnx is not available (pip install onnx)");
     }
     ok
 }

@@ -4,6 +4,17 @@
 //! Saving is atomic: bytes go to a temporary file in the destination folder,
 //! which is then renamed over the target, so a failed or interrupted save
 //! never leaves a half-written model behind.
+//!
+//! No invalid model leaves qforge: [`save`] runs the verifier (whose `types`,
+//! `opset` and `names` rules are the ONNX validity rules ONNX Runtime and
+//! `onnx.checker` enforce) and refuses to write a graph that fails it.
+//! [`import`] drops the one kind of invalid entry that is safe to drop, a
+//! `value_info` whose tensor type has no element type (ONNX Runtime refuses
+//! the whole model for it), and lists what it dropped in
+//! [`Model::repairs`] so the caller can say so. [`export`] derives what the
+//! graph already knows: the IR version the opset needs, the `value_info` of
+//! an initializer from its data, and a missing graph input/output type from
+//! the value's known type.
 
 use std::fs::File;
 use std::io::Write;
@@ -14,7 +25,8 @@ use prost::Message;
 use crate::error::IrError;
 use crate::external::{self, ExternalWriter};
 use crate::graph::Graph;
-use crate::proto::{ModelProto, StringStringEntryProto};
+use crate::proto::{GraphProto, ModelProto, StringStringEntryProto, ValueInfoProto};
+use crate::shape::{TypeInfo, lacks_elem_type};
 
 /// An ONNX model: its main graph and everything else of the ModelProto.
 #[derive(Debug, Clone)]
@@ -26,6 +38,8 @@ pub struct Model {
     rest: ModelProto,
     /// The folder the model was loaded from (external data is relative to it).
     pub dir: Option<PathBuf>,
+    /// What [`import`] dropped because it was invalid ONNX, one line each.
+    repairs: Vec<String>,
 }
 
 /// How [`save`] writes tensor data.
@@ -49,7 +63,16 @@ impl Model {
                 ..Default::default()
             },
             dir: None,
+            repairs: Vec::new(),
         }
+    }
+
+    /// What [`import`] dropped from the input because it was invalid ONNX
+    /// (a `value_info` entry whose tensor type has no element type), one
+    /// line each naming the tensor. Empty for a valid input. Callers report
+    /// these: the written model differs from the input there.
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     /// The IR version.
@@ -100,12 +123,39 @@ pub fn import(mut proto: ModelProto, dir: Option<&Path>) -> Result<Model, IrErro
             external.push(t.name().to_string());
         }
     }
+    let mut repairs = Vec::new();
+    drop_untyped_value_info(&mut gp, "", &mut repairs);
     let opsets = std::mem::take(&mut proto.opset_import);
     let mut graph = Graph::from_proto(gp, opsets)?;
     for name in &external {
         graph.mark_external(name);
     }
-    Ok(Model { graph, rest: proto, dir: dir.map(Path::to_path_buf) })
+    Ok(Model { graph, rest: proto, dir: dir.map(Path::to_path_buf), repairs })
+}
+
+/// Removes the `value_info` entries of `g` (and of its subgraphs) whose type
+/// is a tensor type without an element type, noting each in `repairs`.
+fn drop_untyped_value_info(g: &mut GraphProto, scope: &str, repairs: &mut Vec<String>) {
+    g.value_info.retain(|info| {
+        let bad = info.r#type.as_ref().is_some_and(lacks_elem_type);
+        if bad {
+            repairs.push(format!(
+                "{scope}value_info \"{}\" declares a tensor type without an element type (invalid ONNX, which \
+                 ONNX Runtime refuses to load); the entry is dropped",
+                info.name()
+            ));
+        }
+        !bad
+    });
+    for n in &mut g.node {
+        let owner = format!("{scope}node \"{}\" ({}), ", n.name(), n.op_type());
+        for a in &mut n.attribute {
+            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                let scope = format!("{owner}subgraph \"{}\": ", sg.name());
+                drop_untyped_value_info(sg, &scope, repairs);
+            }
+        }
+    }
 }
 
 /// Decodes and imports ONNX bytes.
@@ -146,17 +196,52 @@ fn min_ir_version(opset: i64) -> i64 {
 }
 
 /// The ModelProto, every tensor's data inline. The IR version is raised
-/// when a pass raised the opset past what it allows (and only then).
+/// when a pass raised the opset past what it allows (and only then), and set
+/// when the model has none. What the graph knows better than its
+/// declarations is written (see the module docs); everything else is as
+/// imported.
 pub fn export(model: &Model) -> ModelProto {
-    let (graph, opsets) = model.graph.to_proto();
+    let (mut graph, opsets) = model.graph.to_proto();
     let mut p = model.rest.clone();
     let need = min_ir_version(model.graph.opset("").unwrap_or(1));
-    if p.ir_version.is_some_and(|v| v < need) {
+    if p.ir_version.is_none_or(|v| v < need) {
         p.ir_version = Some(need);
     }
+    derive_declared_types(&model.graph, &mut graph);
     p.graph = Some(graph);
     p.opset_import = opsets;
     p
+}
+
+/// The declarations of `gp` that the graph knows better: an initializer's
+/// `value_info` (or graph input entry) takes the type of its data (a pass
+/// may have converted it, e.g. `to-fp16`, and a stale entry contradicts
+/// ONNX type inference); a graph input/output without element type or shape
+/// takes what is known of its value. A `value_info` entry without element
+/// type (which nothing in qforge creates) is not written.
+fn derive_declared_types(g: &Graph, gp: &mut GraphProto) {
+    let init_type = |name: &str| {
+        let v = g.find_value(name)?;
+        let t = g.initializer(v)?;
+        Some(TypeInfo::new(t.dtype()?, t.dims()))
+    };
+    let declared = |info: &ValueInfoProto| info.r#type.as_ref().and_then(TypeInfo::from_proto);
+    gp.value_info.retain(|info| !info.r#type.as_ref().is_some_and(lacks_elem_type));
+    for info in gp.value_info.iter_mut().chain(gp.input.iter_mut()) {
+        if let Some(t) = init_type(info.name())
+            && declared(info).as_ref() != Some(&t)
+        {
+            t.write_into(&mut info.r#type);
+        }
+    }
+    for info in gp.input.iter_mut().chain(gp.output.iter_mut()) {
+        let Some(known) = g.find_value(info.name()).and_then(|v| g.type_info(v)) else { continue };
+        let have = declared(info).unwrap_or_default();
+        let fill = TypeInfo { dtype: have.dtype.or(known.dtype), shape: have.shape.clone().or(known.shape) };
+        if fill != have {
+            fill.write_into(&mut info.r#type);
+        }
+    }
 }
 
 /// A temporary file beside `path` that is renamed over it on `commit`, and
@@ -192,9 +277,11 @@ impl Drop for AtomicFile {
 }
 
 /// Saves `model` to `path` atomically, writing external data (if any) to
-/// `<file name>.data` beside it.
+/// `<file name>.data` beside it. A graph the verifier rejects is not
+/// written: the error lists every violation (see [`crate::verify`]).
 pub fn save(model: &Model, path: impl AsRef<Path>, opts: &ExportOptions) -> Result<(), IrError> {
     let path = path.as_ref();
+    crate::verify::verify(&model.graph)?;
     let mut proto = export(model);
     let external: std::collections::HashSet<String> =
         model.graph.external_initializers().map(|v| model.graph.value_name(v).to_string()).collect();

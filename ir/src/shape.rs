@@ -127,11 +127,13 @@ impl TypeInfo {
     }
 
     /// Writes this type into `tp`, keeping its denotation and, where the
-    /// rank is unchanged, the denotations of its dims.
+    /// rank is unchanged, the denotations of its dims. When this type's
+    /// element type is unknown, the element type already in `tp` is kept:
+    /// "unknown" never erases what was known.
     pub fn write_proto(&self, tp: &mut TypeProto) {
-        let old_shape = match &tp.value {
-            Some(type_proto::Value::TensorType(t)) => t.shape.clone(),
-            _ => None,
+        let (old_shape, old_elem) = match &tp.value {
+            Some(type_proto::Value::TensorType(t)) => (t.shape.clone(), defined_elem_type(t.elem_type)),
+            _ => (None, None),
         };
         let shape = self.shape.as_ref().map(|s| {
             let mut p = s.to_proto();
@@ -145,12 +147,30 @@ impl TypeInfo {
             p
         });
         tp.value = Some(type_proto::Value::TensorType(type_proto::Tensor {
-            elem_type: self.dtype.map(DataType::onnx),
+            elem_type: self.dtype.map(DataType::onnx).or(old_elem),
             shape,
         }));
     }
 
-    /// A new `TypeProto` of this type.
+    /// Writes this type into the optional `TypeProto` of a `ValueInfoProto`,
+    /// but only when the result has an element type (this type's, or the one
+    /// `slot` already holds): a tensor type without one is invalid ONNX, and
+    /// ONNX Runtime refuses the whole model ("Invalid tensor data type 0").
+    /// Returns whether anything was written.
+    pub fn write_into(&self, slot: &mut Option<TypeProto>) -> bool {
+        let has_elem = match slot.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => defined_elem_type(t.elem_type).is_some(),
+            _ => false,
+        };
+        if self.dtype.is_none() && !has_elem {
+            return false;
+        }
+        self.write_proto(slot.get_or_insert_with(Default::default));
+        true
+    }
+
+    /// A new `TypeProto` of this type. Without a known element type the
+    /// result is not valid ONNX on its own; see [`TypeInfo::write_into`].
     pub fn to_proto(&self) -> TypeProto {
         let mut tp = TypeProto::default();
         self.write_proto(&mut tp);
@@ -160,6 +180,25 @@ impl TypeInfo {
     /// The dims when the shape is fully known.
     pub fn known_dims(&self) -> Option<Vec<i64>> {
         self.shape.as_ref().and_then(Shape::as_known)
+    }
+}
+
+/// `elem_type` when it names a type: unset and 0 (`UNDEFINED`) do not.
+pub(crate) fn defined_elem_type(elem_type: Option<i32>) -> Option<i32> {
+    elem_type.filter(|&t| t != 0)
+}
+
+/// True when `tp` is, or holds (sequence, optional, map value), a tensor
+/// type without an element type: invalid ONNX that ONNX Runtime refuses to
+/// load. A `TypeProto` with no value at all says nothing and is not this.
+pub(crate) fn lacks_elem_type(tp: &TypeProto) -> bool {
+    match &tp.value {
+        Some(type_proto::Value::TensorType(t)) => defined_elem_type(t.elem_type).is_none(),
+        Some(type_proto::Value::SparseTensorType(t)) => defined_elem_type(t.elem_type).is_none(),
+        Some(type_proto::Value::SequenceType(s)) => s.elem_type.as_deref().is_some_and(lacks_elem_type),
+        Some(type_proto::Value::OptionalType(o)) => o.elem_type.as_deref().is_some_and(lacks_elem_type),
+        Some(type_proto::Value::MapType(m)) => m.value_type.as_deref().is_some_and(lacks_elem_type),
+        Some(type_proto::Value::OpaqueType(_)) | None => false,
     }
 }
 

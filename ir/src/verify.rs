@@ -12,12 +12,20 @@
 //!   use of a produced value.
 //! - `dangling`: every value that is read (by a node or as a graph output) is
 //!   defined: by a node, a graph input or an initializer.
-//! - `names`: value names are non-empty and unique, and the name index agrees.
+//! - `names`: value names are non-empty and unique, and the name index agrees;
+//!   node names, where given, are unique (ONNX Runtime refuses a model with
+//!   two nodes of one name).
 //! - `order`: the node order lists every node once and is topological (which
 //!   also proves the graph acyclic).
 //! - `tensor`: initializer data matches its dtype and dims.
 //! - `qdq`: QuantizeLinear/DequantizeLinear dtypes agree (float side, integer
 //!   side, zero point of the integer type, per-axis scale length = axis dim).
+//! - `types`: no graph input, graph output or `value_info` entry (in
+//!   subgraphs too) declares a tensor type without an element type: that is
+//!   invalid ONNX, and ONNX Runtime refuses the whole model ("Invalid tensor
+//!   data type 0"). Unknown types are left undeclared instead.
+//! - `opset`: every node's operator domain (in subgraphs too) has an opset
+//!   import; `onnx.checker` rejects a model without one.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -26,7 +34,9 @@ use petgraph::visit::IntoEdgeReferences;
 
 use crate::dtype::DataType;
 use crate::error::IrError;
-use crate::graph::{Graph, NodeId, UseSlot, ValueDef, ValueId};
+use crate::graph::{Graph, InfoEntry, NodeId, UseSlot, ValueDef, ValueId};
+use crate::proto::{GraphProto, NodeProto, ValueInfoProto};
+use crate::shape::lacks_elem_type;
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +89,8 @@ pub fn check(g: &Graph) -> Vec<Violation> {
     check_order(&mut c);
     check_tensors(&mut c);
     check_qdq(&mut c);
+    check_types(&mut c);
+    check_opsets(&mut c);
     c.out
 }
 
@@ -234,6 +246,18 @@ fn check_names(c: &mut Checker) {
     if g.by_name.len() != seen.len() {
         c.report("names", "the name index holds names of removed values".into());
     }
+    let mut nodes: HashMap<&str, usize> = HashMap::new();
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let name = g.node(n).name();
+        if !name.is_empty() {
+            *nodes.entry(name).or_default() += 1;
+        }
+    }
+    let mut dups: Vec<(&str, usize)> = nodes.into_iter().filter(|e| e.1 > 1).collect();
+    dups.sort();
+    for (name, k) in dups {
+        c.report("names", format!("{k} nodes are called \"{name}\" (ONNX Runtime refuses duplicate node names)"));
+    }
 }
 
 fn check_order(c: &mut Checker) {
@@ -376,5 +400,83 @@ fn check_qdq(c: &mut Checker) {
         {
             c.report("qdq", format!("{desc}: scale dims {sd:?} and zero point dims {zd:?} differ"));
         }
+    }
+}
+
+/// Nested graphs in a node's attributes (If/Loop/Scan bodies).
+fn subgraphs(node: &NodeProto) -> impl Iterator<Item = &GraphProto> {
+    node.attribute.iter().flat_map(|a| a.g.iter().chain(&a.graphs))
+}
+
+fn check_types(c: &mut Checker) {
+    let g = c.g;
+    let bad = |info: &ValueInfoProto| info.r#type.as_ref().is_some_and(lacks_elem_type);
+    const WHY: &str = "declares a tensor type without an element type (invalid ONNX; ONNX Runtime refuses it)";
+    for (what, ports) in [("input", g.inputs()), ("output", g.outputs())] {
+        for p in ports.iter().filter(|p| bad(&p.info)) {
+            c.report("types", format!("graph {what} {} {WHY}", c.vname(p.value)));
+        }
+    }
+    for e in &g.value_info {
+        match e {
+            InfoEntry::Attached(v) if c.live(*v) => {
+                if g.value(*v).info.as_ref().is_some_and(bad) {
+                    c.report("types", format!("the value_info of {} {WHY}", c.vname(*v)));
+                }
+            }
+            InfoEntry::Attached(_) => {}
+            InfoEntry::Orphan(info) if bad(info) => {
+                c.report("types", format!("the value_info entry \"{}\" {WHY}", info.name()));
+            }
+            InfoEntry::Orphan(_) => {}
+        }
+    }
+    fn walk(c: &mut Checker, owner: &str, sg: &GraphProto) {
+        let bad = |info: &ValueInfoProto| info.r#type.as_ref().is_some_and(lacks_elem_type);
+        for info in sg.input.iter().chain(&sg.output).chain(&sg.value_info).filter(|i| bad(i)) {
+            c.report("types", format!("{owner}, subgraph \"{}\": \"{}\" {WHY}", sg.name(), info.name()));
+        }
+        for n in &sg.node {
+            for inner in subgraphs(n) {
+                walk(c, owner, inner);
+            }
+        }
+    }
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let owner = c.node_desc(n);
+        for sg in subgraphs(g.node(n).proto()) {
+            walk(c, &owner, sg);
+        }
+    }
+}
+
+fn check_opsets(c: &mut Checker) {
+    let g = c.g;
+    // The standard domain may be imported as "" or "ai.onnx".
+    let imported =
+        |d: &str| g.opset_imports().iter().any(|o| o.domain() == d || (d.is_empty() && o.domain() == "ai.onnx"));
+    let mut missing: Vec<(String, String)> = Vec::new();
+    fn walk(nodes: &[NodeProto], missing: &mut Vec<(String, String)>, imported: &dyn Fn(&str) -> bool) {
+        for n in nodes {
+            if !imported(n.domain()) && !missing.iter().any(|m| m.0 == n.domain()) {
+                missing.push((n.domain().to_string(), format!("node \"{}\" ({})", n.name(), n.op_type())));
+            }
+            for sg in subgraphs(n) {
+                walk(&sg.node, missing, imported);
+            }
+        }
+    }
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let node = g.node(n);
+        if !imported(node.domain()) && !missing.iter().any(|m| m.0 == node.domain()) {
+            missing.push((node.domain().to_string(), c.node_desc(n)));
+        }
+        for sg in subgraphs(node.proto()) {
+            walk(&sg.node, &mut missing, &imported);
+        }
+    }
+    for (domain, first) in missing {
+        let shown = if domain.is_empty() { "the standard domain (\"\")".to_string() } else { format!("\"{domain}\"") };
+        c.report("opset", format!("{first} uses operator domain {shown}, which the model does not import"));
     }
 }

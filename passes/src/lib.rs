@@ -31,7 +31,7 @@ pub mod tensorrt;
 pub mod util;
 
 pub use context::{PassContext, PassError, PassReport, Tolerance};
-pub use manager::{ManagerOptions, PassManager, PassRun, PrintAfter, RunReport};
+pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, PassRun, PrintAfter, RunReport};
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};
 pub use pipeline::{Origin, PassStep, Pipeline, Step};

@@ -1,4 +1,4 @@
-//! `--check-numerics`: run the graph before and after a pass on the same
+//! `--check-numerics`: run the graph before and after passes on the same
 //! seeded random inputs and compare the outputs.
 //!
 //! The error of one output is `max|a - b| / max(max|a|, 1)`: the largest
@@ -8,11 +8,17 @@
 //! inputs a detector's score map is often saturated near 0, and a 1e-7
 //! wobble of an all-but-zero sigmoid is not a relative error of 1%. The
 //! error is 0 only for bit-identical results.
+//!
+//! Which engine runs the checks: ONNX Runtime when this build has it (the
+//! `ort` feature) and its library loads, because it prepares a model several
+//! times faster than tract and, being the reference executor, also refuses
+//! a rewritten model that is not valid ONNX; tract otherwise. The choice is
+//! made once, on the input model, and reported.
 
 use std::collections::BTreeMap;
 
 use qforge_ir::{Graph, Model};
-use qforge_runtime::{HostTensor, SessionOptions, random_inputs, resolve_input_shapes, session};
+use qforge_runtime::{Engine, HostTensor, SessionOptions, random_inputs, resolve_input_shapes, session};
 
 use crate::context::PassError;
 
@@ -25,26 +31,40 @@ pub struct NumericsOptions {
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// Allowed relative error of exact passes.
     pub tolerance: f64,
+    /// The engine that runs the checks; `None` picks ONNX Runtime when it is
+    /// built in and loads, tract otherwise.
+    pub engine: Option<Engine>,
+    /// Check after every pass that changed the graph, instead of once per
+    /// run of consecutive exact passes (a failing run is replayed pass by
+    /// pass to name the pass either way; this gives every pass its figure).
+    pub each_pass: bool,
 }
 
 impl Default for NumericsOptions {
     fn default() -> Self {
-        NumericsOptions { seed: 0x5eed, input_shapes: BTreeMap::new(), tolerance: 1e-5 }
+        NumericsOptions { seed: 0x5eed, input_shapes: BTreeMap::new(), tolerance: 1e-5, engine: None, each_pass: false }
     }
 }
 
-/// Random inputs and the graph outputs they produce.
+/// Named graph outputs of one run.
+pub(crate) type Outputs = Vec<(String, HostTensor)>;
+
+/// Random inputs, the engine that runs the checks, and the input model's
+/// outputs on those inputs.
 #[derive(Debug, Clone)]
 pub(crate) struct Reference {
     pub(crate) inputs: Vec<HostTensor>,
-    pub(crate) outputs: Vec<(String, HostTensor)>,
+    pub(crate) outputs: Outputs,
+    pub(crate) engine: Engine,
+    /// Why the engine is not the preferred one, when it is not.
+    pub(crate) engine_note: Option<String>,
 }
 
 fn runtime_err(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
     move |source| PassError::Runtime { context: context.to_string(), source }
 }
 
-/// Makes the inputs and runs the graph once.
+/// Makes the inputs and runs the input model once, choosing the engine.
 pub(crate) fn reference(g: &Graph, opts: &NumericsOptions) -> Result<Reference, PassError> {
     let shapes = resolve_input_shapes(g, &opts.input_shapes).map_err(runtime_err("--check-numerics"))?;
     let specs: Vec<_> = g
@@ -54,24 +74,35 @@ pub(crate) fn reference(g: &Graph, opts: &NumericsOptions) -> Result<Reference, 
         .map(|(&v, (name, shape))| (name, shape, g.dtype(v).unwrap_or(qforge_ir::DataType::F32)))
         .collect();
     let inputs = random_inputs(&specs, opts.seed);
-    let outputs = run(g, &inputs, opts, "--check-numerics on the input model")?;
-    Ok(Reference { inputs, outputs })
+    let context = "--check-numerics on the input model";
+    let (engine, engine_note, outputs) = match opts.engine {
+        Some(e) => (e, None, run(g, &inputs, opts, e, context)?),
+        None if Engine::Ort.compiled() => match run(g, &inputs, opts, Engine::Ort, context) {
+            Ok(out) => (Engine::Ort, None, out),
+            Err(e) => {
+                let note = format!("ONNX Runtime cannot run the input model ({e}); checking with tract");
+                (Engine::Tract, Some(note), run(g, &inputs, opts, Engine::Tract, context)?)
+            }
+        },
+        None => (Engine::Tract, None, run(g, &inputs, opts, Engine::Tract, context)?),
+    };
+    Ok(Reference { inputs, outputs, engine, engine_note })
 }
 
-/// Runs the graph's outputs on `inputs`.
+/// Runs the graph's outputs on `inputs` with `engine`.
 pub(crate) fn run(
     g: &Graph,
     inputs: &[HostTensor],
     opts: &NumericsOptions,
+    engine: Engine,
     context: &str,
-) -> Result<Vec<(String, HostTensor)>, PassError> {
+) -> Result<Outputs, PassError> {
     let model = Model::new(g.clone());
-    let s = session(&model, &SessionOptions { input_shapes: opts.input_shapes.clone(), ..Default::default() })
-        .map_err(runtime_err(context))?;
+    let so = SessionOptions { input_shapes: opts.input_shapes.clone(), engine, ..Default::default() };
+    let s = session(&model, &so).map_err(runtime_err(context))?;
     let out = s.run(inputs).map_err(runtime_err(context))?;
     Ok(s.output_names().iter().cloned().zip(out).collect())
 }
-
 /// The output that differs most between `a` (reference) and `b`, and its
 /// relative error. Outputs are matched by position.
 pub fn compare_outputs(a: &[(String, HostTensor)], b: &[(String, HostTensor)]) -> Result<(String, f64), String> {

@@ -28,10 +28,21 @@ pub struct RunArgs {
     /// Override an option: PASS.OPTION=VALUE (VALUE is YAML). Repeatable.
     #[arg(long = "set", value_name = "PASS.OPTION=VALUE")]
     set: Vec<String>,
-    /// Run the graph before and after every pass on seeded random inputs;
-    /// exact passes must agree to 1e-5 relative.
+    /// Run the graph before and after the passes on seeded random inputs;
+    /// exact passes must agree to 1e-5 relative. The graph is run once per
+    /// stretch of exact passes that changed it; a failing stretch is
+    /// replayed pass by pass, so the error names the pass.
     #[arg(long)]
     check_numerics: bool,
+    /// With --check-numerics: also check after every pass that changed the
+    /// graph (slower; gives each pass its own figure).
+    #[arg(long, requires = "check_numerics")]
+    check_each_pass: bool,
+    /// With --check-numerics: the engine that runs the checks. `auto` is
+    /// ONNX Runtime when built in (feature `ort`) and its library loads,
+    /// else tract.
+    #[arg(long, value_name = "auto|tract|ort", default_value = "auto", requires = "check_numerics")]
+    check_engine: String,
     /// Fixed dims for a dynamic input, e.g. images=1,3,640,640. Repeatable.
     #[arg(long = "input-shape", value_name = "NAME=D0,D1,...")]
     input_shape: Vec<String>,
@@ -119,6 +130,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         pipeline.set(s)?;
     }
     let input_shapes = parse_input_shapes(&a.input_shape)?;
+    let check_engine = match a.check_engine.as_str() {
+        "auto" => None,
+        e => Some(super::parse_engine(e).map_err(anyhow::Error::msg).context("--check-engine")?),
+    };
     let opts = ManagerOptions {
         verify: !a.no_verify,
         print_ir_after: a
@@ -129,6 +144,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         check_numerics: a.check_numerics.then(|| NumericsOptions {
             seed: a.seed,
             input_shapes: input_shapes.clone(),
+            engine: check_engine,
+            each_pass: a.check_each_pass,
             ..Default::default()
         }),
     };
@@ -142,6 +159,14 @@ pub fn run(a: RunArgs) -> Result<()> {
         bail!("output {} is the input file; pass --force to overwrite it", a.output.display());
     }
     let mut model = qforge_ir::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    // Invalid entries the import dropped: the output differs there, so say so.
+    let repairs = model.repairs();
+    for r in repairs.iter().take(5) {
+        eprintln!("warning: {}: {r}", a.input.display());
+    }
+    if repairs.len() > 5 {
+        eprintln!("warning: {}: ... and {} more such value_info entries dropped", a.input.display(), repairs.len() - 5);
+    }
     // Check the input before any pass runs, so a broken model is reported as
     // such and not as a failure of the first pass. Node order is exempt:
     // `topo-sort` repairs it.
@@ -175,7 +200,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     qforge_ir::save(&model, &a.output, &ExportOptions::default())
         .with_context(|| format!("writing {}", a.output.display()))?;
     if let Some(path) = &a.report {
-        write_report(path, &report, &a)?;
+        write_report(path, &report, &a, model.repairs())?;
     }
     if let Some(build) = &cx.engine_build {
         let out = build.run(&a.output, a.quiet).map_err(anyhow::Error::msg)?;
@@ -195,7 +220,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_report(path: &Path, r: &RunReport, a: &RunArgs) -> Result<()> {
+fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> Result<()> {
     let runs: Vec<serde_json::Value> = r
         .runs
         .iter()
@@ -205,22 +230,42 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs) -> Result<()> {
                 "pass": p.name,
                 "iteration": p.iteration,
                 "seconds": p.time.as_secs_f64(),
+                "verify_seconds": p.verify_time.as_secs_f64(),
                 "nodes_before": p.nodes_before,
                 "nodes_after": p.nodes_after,
                 "changed": p.report.changed,
                 "counters": p.report.counters.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 "notes": p.report.notes,
                 "max_rel_err": p.numerics.as_ref().map(|n| n.1),
+                "checked_at": p.checked_at,
             })
         })
         .collect();
+    let numerics = r.numerics.as_ref().map(|n| {
+        serde_json::json!({
+            "engine": n.engine,
+            "engine_note": n.engine_note,
+            "reference_seconds": n.reference_time.as_secs_f64(),
+            "checks": n.checks.iter().map(|c| serde_json::json!({
+                "first": c.first,
+                "last": c.last,
+                "output": c.output,
+                "max_rel_err": c.rel_err,
+                "exact": c.exact,
+                "seconds": c.time.as_secs_f64(),
+            })).collect::<Vec<_>>(),
+        })
+    });
     let doc = serde_json::json!({
         "input": a.input,
         "output": a.output,
         "runs": runs,
         "warnings": r.warnings,
+        "input_repairs": repairs,
         "stopped_early": r.stopped_early,
         "seconds": r.total.as_secs_f64(),
+        "verify_seconds": r.verify_time().as_secs_f64(),
+        "numerics": numerics,
         "end_to_end_max_rel_err": r.end_to_end.as_ref().map(|e| e.1),
     });
     let tmp = path.with_extension("json.tmp");

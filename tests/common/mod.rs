@@ -4,6 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod check;
+pub use check::check_valid;
+
+/// Reports a test that cannot run here: a loud SKIP line on a developer's
+/// machine, a failure under CI (`CI` set), where every asset and package is
+/// installed and a skipped test would pass without having run.
+pub fn skip(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI must not skip: {why}");
+    eprintln!("\n*** SKIP: {why} ***\n");
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +31,29 @@ pub fn model(name: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` to fetch the real models ***\n", p.display());
+        skip(&format!("{} is missing — run `cargo xtask assets` to fetch the real models", p.display()));
+        None
+    }
+}
+
+/// Where raw exports live on the development machines until they are in
+/// the assets (read-only).
+const SHARED_MODELS: &str = "/work/shared/models";
+
+/// A real model from the assets, else from the shared model folder, or
+/// `None` after printing a loud SKIP line.
+pub fn model_or_shared(name: &str) -> Option<PathBuf> {
+    let p = assets().join("models").join(name);
+    let shared = Path::new(SHARED_MODELS).join(name);
+    if p.exists() {
+        Some(p)
+    } else if shared.exists() {
+        Some(shared)
+    } else {
+        skip(&format!(
+            "{name} is in neither {} nor {SHARED_MODELS} — run `cargo xtask assets`",
+            p.parent().map(|d| d.display().to_string()).unwrap_or_default()
+        ));
         None
     }
 }
@@ -31,7 +64,7 @@ pub fn photos() -> Option<PathBuf> {
     if p.is_dir() && std::fs::read_dir(&p).map(|mut d| d.next().is_some()).unwrap_or(false) {
         Some(p)
     } else {
-        eprintln!("\n*** SKIP: {} is missing — run `cargo xtask assets` ***\n", p.display());
+        skip(&format!("{} is missing — run `cargo xtask assets`", p.display()));
         None
     }
 }
@@ -44,9 +77,7 @@ pub fn python_ort() -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!(
-            "\n*** SKIP: python3 with onnxruntime, numpy and pillow is not available (pip install onnxruntime numpy pillow) ***\n"
-        );
+        skip("python3 with onnxruntime, numpy and pillow is not available (pip install onnxruntime numpy pillow)");
     }
     ok
 }

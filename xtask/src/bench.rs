@@ -179,6 +179,8 @@ pub(crate) fn ensure_python_tools(py: &Python) -> Result<()> {
 /// Targets of the fold comparison.
 const YOLO_MAX_S: f64 = 0.2;
 const MIN_SPEEDUP: f64 = 5.0;
+/// `--check-numerics` on the YOLOv8s export, whole process.
+const CHECK_MAX_S: f64 = 5.0;
 
 /// qforge `run pipelines/fold.yaml` (whole process) vs `onnxslim.slim` (in-process), per model.
 fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
@@ -195,13 +197,24 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
 
         progress(&format!("    {name}: qforge ×{runs} ..."));
         let ours = time_qforge(ctx, model, &out, runs);
-        let ours_bn =
-            ours.as_ref().ok().and_then(|_| Census::of(&ctx.qforge, &out).ok()).map(|c| c.op("BatchNormalization"));
+        let ours_census = ours.as_ref().ok().and_then(|_| Census::of(&ctx.qforge, &out).ok());
+        let ours_bn = ours_census.as_ref().map(|c| c.op("BatchNormalization"));
+        let ours_nodes = ours_census.as_ref().map(|c| c.nodes as u64);
         match &ours {
             Ok(t) => progress(&format!(" {t:.3} s")),
             Err(e) => {
                 failed = true;
                 notes.push(format!("{name}: qforge failed: {}", short_error(e)));
+                progress(" FAILED");
+            }
+        }
+        progress("; with --check-numerics ...");
+        let checked = time_qforge_checked(ctx, model, &out);
+        match &checked {
+            Ok(t) => progress(&format!(" {t:.2} s")),
+            Err(e) => {
+                failed = true;
+                notes.push(format!("{name}: qforge --check-numerics failed: {}", short_error(e)));
                 progress(" FAILED");
             }
         }
@@ -233,6 +246,8 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
         let ours_s = ours.as_ref().ok().copied();
         let theirs_s = theirs.as_ref().ok().and_then(|j| j["median_s"].as_f64());
         let theirs_bn = theirs.as_ref().ok().and_then(|j| j["bn_after"].as_u64());
+        let theirs_nodes = theirs.as_ref().ok().and_then(|j| j["nodes_after"].as_u64());
+        let checked_s = checked.as_ref().ok().copied();
         let bn_before = Census::of(&ctx.qforge, model).ok().map(|c| c.op("BatchNormalization") as u64);
         let speedup = ours_s.zip(theirs_s).map(|(a, b)| b / a);
         let mut targets = Vec::new();
@@ -240,6 +255,10 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
             targets.push(verdict(&format!("≤ {YOLO_MAX_S} s"), ours_s.map(|s| s <= YOLO_MAX_S)));
         }
         targets.push(verdict(&format!("≥ {MIN_SPEEDUP}×"), speedup.map(|x| x >= MIN_SPEEDUP)));
+        if name.contains("yolov8s-torch-export") {
+            targets.push(verdict(&format!("checked ≤ {CHECK_MAX_S} s"), checked_s.map(|s| s <= CHECK_MAX_S)));
+        }
+        targets.push(verdict("nodes ≤ onnxslim", ours_nodes.zip(theirs_nodes).map(|(a, b)| a <= b)));
         let opt = |v: Option<String>| v.unwrap_or_else(|| "error".into());
         let count = |v: Option<u64>| v.map_or_else(|| "?".into(), |n| n.to_string());
         rows.push(vec![
@@ -248,6 +267,8 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
             opt(ours_s.map(|s| format!("{s:.3}"))),
             opt(theirs_s.map(|s| format!("{s:.3}"))),
             opt(speedup.map(|x| format!("{x:.1}×"))),
+            opt(checked_s.map(|s| format!("{s:.2}"))),
+            format!("{} / {}", count(ours_nodes), count(theirs_nodes)),
             format!("{} → {} / {}", count(bn_before), count(ours_bn.map(|n| n as u64)), count(theirs_bn)),
             targets.join(", "),
         ]);
@@ -262,6 +283,8 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
         "qforge median s",
         "onnxslim median s",
         "speed-up ×",
+        "qforge --check-numerics s",
+        "nodes after qforge / onnxslim",
         "BN before → after qforge / onnxslim",
         "target",
     ];
@@ -276,7 +299,10 @@ fn fold_vs_onnxslim(ctx: &mut Ctx) -> Result<SectionResult> {
         "\nqforge: wall time of the whole process `qforge run pipelines/fold.yaml -i M -o OUT -q` \
          (process start, load, fold pipeline, save). onnxslim: {slim_call} + `onnx.save`, timed in-process \
          (python start, imports and `onnx.load` excluded). Median of {runs} runs after 1 warm-up. \
-         Targets: ≤ {YOLO_MAX_S} s for YOLOv5n, ≥ {MIN_SPEEDUP}× faster than onnxslim.\n"
+         `--check-numerics`: one whole qforge process with the check on (tract runs the input model \
+         and the folded model on random inputs). \
+         Targets: ≤ {YOLO_MAX_S} s for YOLOv5n, ≥ {MIN_SPEEDUP}× faster than onnxslim, no more nodes than \
+         onnxslim leaves, `--check-numerics` ≤ {CHECK_MAX_S} s on the YOLOv8s export.\n"
     );
     for note in &notes {
         let _ = write!(md, "\n- {note}");
@@ -301,6 +327,16 @@ fn time_qforge(ctx: &Ctx, model: &Path, out: &Path, runs: usize) -> Result<f64> 
         }
     }
     Ok(util::median(&times))
+}
+
+/// Wall time of one qforge fold run with `--check-numerics`.
+fn time_qforge_checked(ctx: &Ctx, model: &Path, out: &Path) -> Result<f64> {
+    let mut cmd = Command::new(&ctx.qforge);
+    cmd.current_dir(&ctx.root).arg("run").arg("pipelines/fold.yaml").arg("-i").arg(model).arg("-o").arg(out);
+    cmd.arg("-q").arg("--check-numerics").stdout(Stdio::null());
+    let start = Instant::now();
+    util::run_captured(&mut cmd)?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The JSON object slim_time.py prints as its last stdout line.

@@ -141,27 +141,42 @@ impl Graph {
 
     /// Records what is known of `v`'s type: in its graph input/output
     /// declaration when it has one, else in its `value_info` entry (created
-    /// if needed). Initializers carry their own type and are left alone.
-    pub fn set_type(&mut self, v: ValueId, ty: &TypeInfo) {
-        if self.value(v).tensor.is_some() {
-            return;
+    /// if needed). Initializers carry their own type and are left alone. A
+    /// type whose element type is unknown is only merged into a declaration
+    /// that already names one (see [`TypeInfo::write_into`]); it never
+    /// creates an entry. Returns whether anything was recorded.
+    pub fn set_type(&mut self, v: ValueId, ty: &TypeInfo) -> bool {
+        let wrote = self.record_type(v, ty);
+        if wrote {
+            self.touch();
         }
-        self.touch();
-        let mut declared = false;
+        wrote
+    }
+
+    fn record_type(&mut self, v: ValueId, ty: &TypeInfo) -> bool {
+        if self.value(v).tensor.is_some() {
+            return false;
+        }
+        let (mut declared, mut wrote) = (false, false);
         for p in self.inputs.iter_mut().chain(self.outputs.iter_mut()).filter(|p| p.value == v) {
-            ty.write_proto(p.info.r#type.get_or_insert_with(Default::default));
+            wrote |= ty.write_into(&mut p.info.r#type);
             declared = true;
         }
         if declared {
-            return;
+            return wrote;
         }
         let name = self.value(v).name.clone();
         let val = self.value_mut(v);
         match &mut val.info {
-            Some(info) => ty.write_proto(info.r#type.get_or_insert_with(Default::default)),
+            Some(info) => ty.write_into(&mut info.r#type),
             None => {
-                val.info = Some(ValueInfoProto { name: Some(name), r#type: Some(ty.to_proto()), ..Default::default() });
+                let mut r#type = None;
+                if !ty.write_into(&mut r#type) {
+                    return false;
+                }
+                val.info = Some(ValueInfoProto { name: Some(name), r#type, ..Default::default() });
                 self.value_info.push(InfoEntry::Attached(v));
+                true
             }
         }
     }

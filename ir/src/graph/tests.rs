@@ -194,7 +194,9 @@ fn every_mutation_bumps_the_generation() {
     let k = g.find_value("k").expect("k");
     gen_after(&mut g, true, "set_initializer", |g| g.set_initializer(k, Tensor::scalar(2.0f32)).expect("init"));
     let ty: TypeInfo = g.type_info(av).expect("typed");
-    gen_after(&mut g, true, "set_type of an intermediate value", |g| g.set_type(av, &ty));
+    gen_after(&mut g, true, "set_type of an intermediate value", |g| {
+        g.set_type(av, &ty);
+    });
     gen_after(&mut g, true, "rename_value", |g| g.rename_value(k, "k2").expect("rename"));
     gen_after(&mut g, false, "rename_value to its own name", |g| g.rename_value(k, "k2").expect("rename"));
     gen_after(&mut g, true, "remove_value", |g| g.remove_value(k).expect("remove"));

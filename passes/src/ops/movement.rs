@@ -5,7 +5,7 @@
 use qforge_ir::Dim;
 
 use super::OpDef;
-use super::dims::{broadcast, div_exact, mul, norm_axes, norm_axis, product};
+use super::dims::{MAX_DIM, broadcast, div_exact, mul, norm_axes, norm_axis, product};
 use super::eval;
 use super::facts::{Cx, PVal};
 
@@ -175,7 +175,7 @@ fn expand(cx: &mut Cx<'_>) -> Option<()> {
             vec![Dim::Unknown; usize::try_from(n).ok()?]
         }
     };
-    if target.iter().any(|d| matches!(d, Dim::Known(k) if *k < 0)) {
+    if target.iter().any(|d| matches!(d, Dim::Known(k) if !(0..=MAX_DIM).contains(k))) {
         return None;
     }
     cx.set(0, None, Some(broadcast(&[x, target])?));

@@ -2,17 +2,25 @@
 //! rewrite — timing, the verifier after each pass, `--print-ir-after`
 //! dumps, `--stop-after` bisecting, fixed-point groups, `--check-numerics`,
 //! and the statistics table.
+//!
+//! Timers nest (as in Cranelift's `timing.rs`): a pass's figure is the pass
+//! alone; the verifier after it and the numeric checks are timed and shown
+//! on their own, so a slow check never reads as a slow pass.
 
-use std::fmt;
+mod checks;
+mod report;
+
 use std::time::{Duration, Instant};
 
 use qforge_ir::Graph;
 
 use crate::Pass;
 use crate::context::{PassContext, PassError, PassReport, Tolerance};
-use crate::numerics::{self, NumericsOptions, Reference, compare_outputs};
+use crate::numerics::NumericsOptions;
 use crate::pipeline::{Origin, PassStep, Pipeline, Step};
 use crate::registry::find_pass;
+
+use checks::Checker;
 
 /// Which passes' output IR to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +40,7 @@ pub struct ManagerOptions {
     pub print_ir_after: Option<PrintAfter>,
     /// Stop after this many pass executions (for bisecting a bad pipeline).
     pub stop_after: Option<usize>,
-    /// Compare outputs before/after each pass on random inputs.
+    /// Compare outputs before/after passes on random inputs.
     pub check_numerics: Option<NumericsOptions>,
 }
 
@@ -67,16 +75,58 @@ pub struct PassRun {
     pub name: String,
     /// Iteration, inside a fixed-point group.
     pub iteration: Option<usize>,
-    /// Wall time of the pass itself.
+    /// Wall time of the pass itself (not the verifier, not checks).
     pub time: Duration,
+    /// Wall time of the verifier after it (zero when it did not run).
+    pub verify_time: Duration,
     /// Node count before.
     pub nodes_before: usize,
     /// Node count after.
     pub nodes_after: usize,
     /// What it reported.
     pub report: PassReport,
-    /// Worst output and its relative error vs. before the pass, when checked.
+    /// With `--check-numerics`, on the pass that ended a check: the output
+    /// that differs most from the previous check and its relative error
+    /// (the check covers the passes listed in [`RunReport::checks`]).
     pub numerics: Option<(String, f64)>,
+    /// With `--check-numerics`, on a pass that changed the graph: the
+    /// execution number of the pass whose check covered it.
+    pub checked_at: Option<usize>,
+}
+
+/// One `--check-numerics` run of the graph, compared with the previous one.
+#[derive(Debug, Clone)]
+pub struct NumericCheck {
+    /// First and last pass execution it covers (1-based, inclusive): every
+    /// pass that changed the graph since the previous check.
+    pub first: usize,
+    /// See `first`.
+    pub last: usize,
+    /// The output that differs most.
+    pub output: String,
+    /// Its relative error.
+    pub rel_err: f64,
+    /// Whether the covered passes are exact (a failure stops the run);
+    /// otherwise the error is reported only.
+    pub exact: bool,
+    /// Wall time: preparing the model in the engine and running it, plus
+    /// replaying the passes one by one when the check failed.
+    pub time: Duration,
+}
+
+/// What `--check-numerics` did over a run.
+#[derive(Debug, Clone, Default)]
+pub struct NumericsReport {
+    /// The engine that ran the checks (`tract` or `ort`).
+    pub engine: String,
+    /// Why it is not ONNX Runtime, when ONNX Runtime was wanted but failed.
+    pub engine_note: Option<String>,
+    /// Wall time of the input model's one run (the first reference).
+    pub reference_time: Duration,
+    /// The checks, in order.
+    pub checks: Vec<NumericCheck>,
+    /// Worst output error of the final graph vs. the input model.
+    pub end_to_end: Option<(String, f64)>,
 }
 
 /// Everything a run did.
@@ -92,6 +142,15 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// With `--check-numerics`: worst output error of the final graph vs. the input.
     pub end_to_end: Option<(String, f64)>,
+    /// With `--check-numerics`: engine, times and every check.
+    pub numerics: Option<NumericsReport>,
+}
+
+impl RunReport {
+    /// Total wall time of the verifier over all passes.
+    pub fn verify_time(&self) -> Duration {
+        self.runs.iter().map(|r| r.verify_time).sum()
+    }
 }
 
 impl PassManager {
@@ -128,18 +187,28 @@ impl PassManager {
     /// callers write nothing in that case.
     pub fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<RunReport, PassError> {
         let start = Instant::now();
-        let mut st = RunState { report: RunReport::default(), reference: None, initial: None, count: 0 };
+        let mut st = RunState { report: RunReport::default(), checker: None, count: 0 };
         if let Some(n) = &self.opts.check_numerics {
-            let r = numerics::reference(g, n)?;
-            st.initial = Some(r.outputs.clone());
-            st.reference = Some(r);
+            st.checker = Some(Checker::new(g, n)?);
         }
-        'outer: for p in &self.planned {
+        self.run_steps(g, cx, &mut st)?;
+        if let Some(mut c) = st.checker.take() {
+            c.flush(g, cx, &mut st.report)?;
+            let nr = c.finish();
+            st.report.end_to_end = nr.end_to_end.clone();
+            st.report.numerics = Some(nr);
+        }
+        st.report.total = start.elapsed();
+        Ok(st.report)
+    }
+
+    fn run_steps<'a>(&'a self, g: &mut Graph, cx: &mut PassContext, st: &mut RunState<'a>) -> Result<(), PassError> {
+        for p in &self.planned {
             match p {
                 Planned::Single(i) => {
-                    self.exec(i, None, g, cx, &mut st)?;
-                    if self.stop(&st) {
-                        break 'outer;
+                    self.exec(i, None, g, cx, st)?;
+                    if self.stop(st) {
+                        return Ok(());
                     }
                 }
                 Planned::Group { max_iterations, passes, origin } => {
@@ -147,9 +216,9 @@ impl PassManager {
                     for it in 1..=*max_iterations {
                         let mut changed = false;
                         for i in passes {
-                            changed |= self.exec(i, Some(it), g, cx, &mut st)?;
-                            if self.stop(&st) {
-                                break 'outer;
+                            changed |= self.exec(i, Some(it), g, cx, st)?;
+                            if self.stop(st) {
+                                return Ok(());
                             }
                         }
                         if !changed {
@@ -165,11 +234,7 @@ impl PassManager {
                 }
             }
         }
-        if let (Some(init), Some(r)) = (&st.initial, &st.reference) {
-            st.report.end_to_end = compare_outputs(init, &r.outputs).ok();
-        }
-        st.report.total = start.elapsed();
-        Ok(st.report)
+        Ok(())
     }
 
     fn stop(&self, st: &RunState) -> bool {
@@ -177,40 +242,35 @@ impl PassManager {
     }
 
     /// Runs one pass with all checks; returns whether it changed the graph.
-    fn exec(
-        &self,
-        i: &Instance,
+    fn exec<'a>(
+        &'a self,
+        i: &'a Instance,
         iteration: Option<usize>,
         g: &mut Graph,
         cx: &mut PassContext,
-        st: &mut RunState,
+        st: &mut RunState<'a>,
     ) -> Result<bool, PassError> {
         let name = i.step.name.as_str();
+        let exact = i.pass.tolerance() == Tolerance::Exact;
+        // A lossy pass gets a check of its own: close the exact ones' first.
+        if !exact && let Some(c) = st.checker.as_mut() {
+            c.flush(g, cx, &mut st.report)?;
+        }
         st.count += 1;
         let nodes_before = g.node_count();
         let t = Instant::now();
         let report = i.pass.run(g, cx).map_err(|e| e.in_pass(name))?;
         let time = t.elapsed();
+        let mut verify_time = Duration::ZERO;
         if self.opts.verify {
+            let t = Instant::now();
             qforge_ir::verify(g).map_err(|source| PassError::Verify { pass: name.to_string(), source })?;
+            verify_time = t.elapsed();
         }
         if let Some(pa) = &self.opts.print_ir_after
             && (*pa == PrintAfter::All || *pa == PrintAfter::Pass(name.to_string()))
         {
             eprintln!("// ---- IR after {name} (#{}) ----\n{g}", st.count);
-        }
-        let mut num = None;
-        if let (Some(opts), Some(r)) = (&self.opts.check_numerics, st.reference.as_mut())
-            && report.changed
-        {
-            let after = numerics::run(g, &r.inputs, opts, &format!("--check-numerics after pass {name}"))?;
-            let (output, rel_err) = compare_outputs(&r.outputs, &after)
-                .map_err(|m| PassError::Failed { pass: name.to_string(), message: m })?;
-            if i.pass.tolerance() == Tolerance::Exact && rel_err > opts.tolerance {
-                return Err(PassError::Numerics { pass: name.to_string(), output, rel_err, tolerance: opts.tolerance });
-            }
-            r.outputs = after;
-            num = Some((output, rel_err));
         }
         let changed = report.changed;
         st.report.runs.push(PassRun {
@@ -218,11 +278,21 @@ impl PassManager {
             name: name.to_string(),
             iteration,
             time,
+            verify_time,
             nodes_before,
             nodes_after: g.node_count(),
             report,
-            numerics: num,
+            numerics: None,
+            checked_at: None,
         });
+        if let Some(c) = st.checker.as_mut()
+            && changed
+        {
+            c.changed(st.count, name, i.pass.as_ref(), exact);
+            if !exact || c.each_pass() {
+                c.flush(g, cx, &mut st.report)?;
+            }
+        }
         if self.stop(st) {
             st.report.stopped_early = true;
         }
@@ -230,96 +300,11 @@ impl PassManager {
     }
 }
 
-struct RunState {
+struct RunState<'a> {
     report: RunReport,
-    reference: Option<Reference>,
-    initial: Option<Vec<(String, qforge_runtime::HostTensor)>>,
+    checker: Option<Checker<'a>>,
     count: usize,
 }
 
-fn fmt_time(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
-    if ms < 1.0 {
-        format!("{:.0} µs", ms * 1e3)
-    } else if ms < 1e4 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.2} s", ms / 1e3)
-    }
-}
-
-impl fmt::Display for RunReport {
-    /// The statistics table.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let checked = self.runs.iter().any(|r| r.numerics.is_some());
-        let rows: Vec<[String; 6]> = self
-            .runs
-            .iter()
-            .map(|r| {
-                let name = match r.iteration {
-                    Some(it) => format!("{} (iter {it})", r.name),
-                    None => r.name.clone(),
-                };
-                let changes: Vec<String> =
-                    r.report.counters.iter().filter(|c| c.1 > 0).map(|(k, v)| format!("{k} {v}")).collect();
-                [
-                    r.index.to_string(),
-                    name,
-                    fmt_time(r.time),
-                    format!("{} → {}", r.nodes_before, r.nodes_after),
-                    if changes.is_empty() { "—".into() } else { changes.join(", ") },
-                    match &r.numerics {
-                        Some((_, e)) => format!("{e:.1e}"),
-                        None if checked => "(unchanged)".into(),
-                        None => String::new(),
-                    },
-                ]
-            })
-            .collect();
-        let head = ["#", "pass", "time", "nodes", "changes", if checked { "max rel err" } else { "" }];
-        let mut w = [0usize; 6];
-        for r in rows.iter().chain(std::iter::once(&head.map(String::from))) {
-            for (i, c) in r.iter().enumerate() {
-                w[i] = w[i].max(c.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, r: &[String; 6]| -> fmt::Result {
-            let pad = |s: &str, n: usize| format!("{s}{}", " ".repeat(n.saturating_sub(s.chars().count())));
-            let s = format!(
-                "{:>w0$}  {}  {:>w2$}  {:>w3$}  {}  {}",
-                r[0],
-                pad(&r[1], w[1]),
-                r[2],
-                r[3],
-                pad(&r[4], w[4]),
-                r[5],
-                w0 = w[0],
-                w2 = w[2],
-                w3 = w[3]
-            );
-            writeln!(f, "{}", s.trim_end())
-        };
-        line(f, &head.map(String::from))?;
-        for r in &rows {
-            line(f, r)?;
-        }
-        for r in &self.runs {
-            for n in &r.report.notes {
-                writeln!(f, "note: {}: {n}", r.name)?;
-            }
-        }
-        for w in &self.warnings {
-            writeln!(f, "warning: {w}")?;
-        }
-        if let Some((o, e)) = &self.end_to_end {
-            writeln!(
-                f,
-                "numerics: output \"{o}\" differs from the input model by {e:.2e} relative (max over outputs)"
-            )?;
-        }
-        if self.stopped_early {
-            writeln!(f, "stopped after pass #{} (--stop-after)", self.runs.len())?;
-        }
-        write!(f, "total {}", fmt_time(self.total))
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! `--check-numerics` in the pass manager: one check per stretch of exact
+//! passes, a failing stretch still names the pass that broke the numbers,
+//! and a lossy pass is checked (and reported, not failed) on its own.
+
+use qforge_ir::{Graph, parse_graph};
+use serde_json::Value;
+
+use super::*;
+use crate::pipeline::Origin;
+
+const CONV_BN: &str = "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,8,8]
+  init @w: f32[4,3,3,3] = rand(1)
+  init @b: f32[4] = rand(2)
+  init @gamma: f32[4] = [0.5,1.5,-2.0,1.0]
+  init @beta: f32[4] = [0.1,-0.2,0.3,0.0]
+  init @mean: f32[4] = [0.05,-0.1,0.2,0.0]
+  init @var: f32[4] = [1.0,0.25,4.0,0.5]
+  %i = Identity(%x)  # id
+  %c = Conv(%i, @w, @b) {kernel_shape=[3,3], pads=[1,1,1,1]}  # conv
+  %y = BatchNormalization(%c, @gamma, @beta, @mean, @var)  # bn
+  output %y: f32[1,4,8,8]
+}
+";
+
+/// Scales the Conv weights by 1.01 while claiming (or not) to be exact.
+struct Perturb(Tolerance);
+
+impl Pass for Perturb {
+    fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<PassReport, PassError> {
+        let mut r = PassReport::default();
+        let w = g.find_value("w").expect("the test graph has @w");
+        let t = g.initializer(w).expect("@w is an initializer");
+        let data: Vec<f32> = t.to_f32_vec().expect("f32").iter().map(|x| x * 1.01).collect();
+        let scaled = qforge_ir::Tensor::new(t.dims(), &data);
+        g.set_initializer(w, scaled).map_err(|e| PassError::ir("perturb", e))?;
+        r.count("perturbed", 1);
+        Ok(r)
+    }
+    fn tolerance(&self) -> Tolerance {
+        self.0
+    }
+}
+
+fn step(name: &str) -> PassStep {
+    PassStep { name: name.into(), options: Value::Null, origin: Origin { file: "test".into(), line: 0, column: 0 } }
+}
+
+fn builtin(name: &str) -> Planned {
+    let pass = (find_pass(name).expect("built-in pass").create)(&Value::Null).expect("default options");
+    Planned::Single(Instance { step: step(name), pass })
+}
+
+fn perturb(tol: Tolerance) -> Planned {
+    Planned::Single(Instance { step: step("perturb"), pass: Box::new(Perturb(tol)) })
+}
+
+fn run(planned: Vec<Planned>, each_pass: bool) -> Result<RunReport, PassError> {
+    let numerics = NumericsOptions { each_pass, ..Default::default() };
+    let pm = PassManager { planned, opts: ManagerOptions { check_numerics: Some(numerics), ..Default::default() } };
+    let mut g = parse_graph(CONV_BN).expect("test graph parses");
+    pm.run(&mut g, &mut PassContext { quiet: true, ..Default::default() })
+}
+
+fn spans(r: &RunReport) -> Vec<(usize, usize)> {
+    r.numerics.as_ref().expect("numerics ran").checks.iter().map(|c| (c.first, c.last)).collect()
+}
+
+#[test]
+fn exact_passes_are_checked_once_together() {
+    let r = run(vec![builtin("eliminate-identity"), builtin("fold-batchnorm"), builtin("topo-sort")], false).unwrap();
+    assert_eq!(spans(&r), [(1, 2)], "{r}");
+    let c = &r.numerics.as_ref().unwrap().checks[0];
+    assert!(c.exact && c.rel_err <= 1e-5, "{r}");
+    assert_eq!(r.runs[0].checked_at, Some(2));
+    assert_eq!(r.runs[1].numerics.as_ref().map(|n| n.0.as_str()), Some("y"));
+    assert_eq!(r.runs[2].checked_at, None, "topo-sort changed nothing");
+    assert!(r.end_to_end.is_some_and(|e| e.1 <= 1e-5));
+    // Each pass on its own when asked.
+    let r = run(vec![builtin("eliminate-identity"), builtin("fold-batchnorm"), builtin("topo-sort")], true).unwrap();
+    assert_eq!(spans(&r), [(1, 1), (2, 2)], "{r}");
+}
+
+#[test]
+fn a_failing_stretch_names_the_guilty_pass() {
+    let e = run(vec![builtin("eliminate-identity"), perturb(Tolerance::Exact), builtin("fold-batchnorm")], false)
+        .unwrap_err();
+    match &e {
+        PassError::Numerics { pass, rel_err, .. } => assert!(pass == "perturb" && *rel_err > 1e-3, "{e}"),
+        other => panic!("not a numerics error: {other}"),
+    }
+    // Last in the stretch, or alone: the same pass is named.
+    let e = run(vec![builtin("eliminate-identity"), builtin("fold-batchnorm"), perturb(Tolerance::Exact)], false)
+        .unwrap_err();
+    assert!(matches!(&e, PassError::Numerics { pass, .. } if pass == "perturb"), "{e}");
+    let e = run(vec![perturb(Tolerance::Exact)], false).unwrap_err();
+    assert!(matches!(&e, PassError::Numerics { pass, .. } if pass == "perturb"), "{e}");
+}
+
+#[test]
+fn a_lossy_pass_is_checked_alone_and_reported() {
+    let r = run(vec![builtin("eliminate-identity"), perturb(Tolerance::Approximate), builtin("fold-batchnorm")], false)
+        .unwrap();
+    assert_eq!(spans(&r), [(1, 1), (2, 2), (3, 3)], "{r}");
+    let checks = &r.numerics.as_ref().unwrap().checks;
+    assert!(!checks[1].exact && checks[1].rel_err > 1e-3, "{r}");
+    assert!(checks[2].rel_err <= 1e-5, "fold-batchnorm is compared with the perturbed graph: {r}");
+    // The table shows the check column and the timers.
+    let table = r.to_string();
+    assert!(table.contains("check: max rel err") && table.contains("verifier") && table.contains("checks"), "{table}");
+}
