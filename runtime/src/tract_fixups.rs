@@ -268,7 +268,13 @@ fn f32_scalar(name: String, x: f32) -> TensorProto {
 }
 
 fn op(op_type: &str, name: String, inputs: Vec<String>, output: String) -> NodeProto {
-    NodeProto { op_type: Some(op_type.into()), name: Some(name), input: inputs, output: vec![output], ..Default::default() }
+    NodeProto {
+        op_type: Some(op_type.into()),
+        name: Some(name),
+        input: inputs,
+        output: vec![output],
+        ..Default::default()
+    }
 }
 
 /// Replaces each planned `DequantizeLinear` of the exported `graph` by its

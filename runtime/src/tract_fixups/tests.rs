@@ -45,15 +45,18 @@ fn only_dequantize_nodes_feeding_a_non_elementwise_table_are_planned() {
     assert_eq!(planned(&chain_graph("i8", 0, 0, 1.0 / 127.0, SOFTMAX)), ["d"]);
     assert_eq!(planned(&chain_graph("u8", 128, 0, 1.0 / 255.0, SOFTMAX)), ["d"]);
     // Through element-wise and layout ops to a Softmax: still the bug.
-    let long = "  %a = Sigmoid(%d)  # sig\n  %t = Transpose(%a) {perm=[0,1,3,2]}  # tr\n  %c = LogSoftmax(%t) {axis=1}  # lsm";
+    let long =
+        "  %a = Sigmoid(%d)  # sig\n  %t = Transpose(%a) {perm=[0,1,3,2]}  # tr\n  %c = LogSoftmax(%t) {axis=1}  # lsm";
     assert_eq!(planned(&chain_graph("i8", 0, 0, 0.1, long)), ["d"]);
     // Element-wise only: tract's table is right, nothing to do.
     assert!(planned(&chain_graph("i8", 0, 0, 1.0 / 127.0, "  %c = Sigmoid(%d)  # sig")).is_empty());
-    assert!(planned(&chain_graph("i8", 0, 0, 0.1, "  %c = Reshape(%d, @shape)  # r").replace(
-        "init @s: f32[] = [0.05]",
-        "init @s: f32[] = [0.05]\n  init @shape: i64[2] = [16, 6]"
-    ))
-    .is_empty());
+    assert!(
+        planned(
+            &chain_graph("i8", 0, 0, 0.1, "  %c = Reshape(%d, @shape)  # r")
+                .replace("init @s: f32[] = [0.05]", "init @s: f32[] = [0.05]\n  init @shape: i64[2] = [16, 6]")
+        )
+        .is_empty()
+    );
     // The Softmax output has a second reader: tract makes no table.
     let forked = chain_graph("i8", 0, 0, 1.0 / 127.0, SOFTMAX)
         .replace("  output %y", "  %e = Exp(%c)  # exp\n  output %y\n  output %e");
@@ -85,11 +88,7 @@ graph g {{
     let codes: Vec<u8> = (0..=255).collect();
     let x = HostTensor {
         shape: vec![2, 128],
-        data: if dtype == DataType::I8 {
-            Data::I8(codes.iter().map(|&c| c as i8).collect())
-        } else {
-            Data::U8(codes)
-        },
+        data: if dtype == DataType::I8 { Data::I8(codes.iter().map(|&c| c as i8).collect()) } else { Data::U8(codes) },
     };
     let opts = SessionOptions::default();
     let plain = TractSession::new(&model, &opts).unwrap().run(std::slice::from_ref(&x)).unwrap();
@@ -156,7 +155,10 @@ fn tract_codes(text: &str, x: &HostTensor, fixups: bool) -> Vec<i32> {
 
 fn dequantized_input(x: &HostTensor, scale: f32, zp: i32, lo: i32, hi: i32) -> Vec<f32> {
     let x = x.as_f32().unwrap();
-    x.iter().map(|v| ((v / scale).round_ties_even() as i32 + zp).clamp(lo, hi)).map(|q| (q - zp) as f32 * scale).collect()
+    x.iter()
+        .map(|v| ((v / scale).round_ties_even() as i32 + zp).clamp(lo, hi))
+        .map(|q| (q - zp) as f32 * scale)
+        .collect()
 }
 
 #[test]
@@ -166,7 +168,8 @@ fn tract_alone_still_bakes_softmax_into_a_table() {
         [("i8", 0, 0, 1.0f32 / 127.0, -128, 127), ("u8", 128, 0, 1.0 / 255.0, 0, 255)]
     {
         let text = chain_graph(ty, zp, zp_out, scale_out, SOFTMAX);
-        let reference = softmax_codes(&dequantized_input(&x, 0.05, zp, lo, hi), &[1, 16, 2, 3], scale_out, zp_out, lo, hi);
+        let reference =
+            softmax_codes(&dequantized_input(&x, 0.05, zp, lo, hi), &[1, 16, 2, 3], scale_out, zp_out, lo, hi);
         // Without the fixup every code is QuantizeLinear(1.0).
         let wrong = tract_codes(&text, &x, false);
         assert!(wrong.iter().all(|&q| q == hi), "{ty}: tract without the fixup gave {wrong:?}");
