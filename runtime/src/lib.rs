@@ -17,6 +17,7 @@ mod ort_engine;
 mod random;
 pub mod resize;
 mod tract_engine;
+mod tract_fixups;
 
 use std::collections::BTreeMap;
 

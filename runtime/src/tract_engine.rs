@@ -4,6 +4,9 @@
 //! `value_info` ignored: tract then infers every shape from the concrete
 //! input facts, which avoids the failure seen on models whose value_info
 //! carries symbolic dims ("Impossible to unify Sym(batch) with Val(1)").
+//! Before that, [`crate::tract_fixups`] spells out the `DequantizeLinear`
+//! nodes tract would fold into a wrong lookup table (`DQ → Softmax → Q`), so
+//! tract computes Q/DQ graphs as ONNX Runtime does.
 
 use std::sync::Arc;
 
@@ -45,8 +48,19 @@ fn datum(dt: DataType) -> Result<DatumType, RuntimeError> {
 impl TractSession {
     /// Prepares `model` to compute `opts.outputs` (or the graph outputs).
     pub fn new(model: &Model, opts: &SessionOptions) -> Result<TractSession, RuntimeError> {
+        TractSession::build(model, opts, true)
+    }
+
+    /// [`TractSession::new`], with the fixups of [`crate::tract_fixups`] or
+    /// (for tests that show why they exist) without.
+    pub(crate) fn build(model: &Model, opts: &SessionOptions, fixups: bool) -> Result<TractSession, RuntimeError> {
         let sig = Signature::new(&model.graph, opts)?;
-        let bytes = qforge_ir::export(model).encode_to_vec();
+        let mut proto = qforge_ir::export(model);
+        if fixups {
+            let rewrites = crate::tract_fixups::plan(&model.graph);
+            crate::tract_fixups::apply(proto.graph.get_or_insert_with(Default::default), &rewrites)?;
+        }
+        let bytes = proto.encode_to_vec();
         let plan = contained("preparing the model", || {
             let mut onnx = tract_onnx::onnx();
             onnx.op_register.insert("Upsample", upsample);

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod check;
+#[allow(unused_imports)] // not every test binary writes models
 pub use check::check_valid;
 
 /// Reports a test that cannot run here: a loud SKIP line on a developer's
