@@ -26,7 +26,9 @@ fn run_graph(g: &Graph, seed: u64) -> Result<Outputs, qforge_runtime::RuntimeErr
         .map(|(&v, (n, s))| (n, s, g.dtype(v).unwrap_or(qforge_ir::DataType::F32)))
         .collect();
     let inputs = random_inputs(&specs, seed);
-    let s = session(&Model::new(g.clone()), &SessionOptions::default())?;
+    // tract on purpose: the embedded engine is the one every build has.
+    let opts = SessionOptions { engine: qforge_runtime::Engine::Tract, ..Default::default() };
+    let s = session(&Model::new(g.clone()), &opts)?;
     let out = s.run(&inputs)?;
     Ok(s.output_names().iter().cloned().zip(out).collect())
 }

@@ -60,8 +60,11 @@ pub enum RuntimeError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// tract: embedded, pure Rust, always available.
+    /// ONNX Runtime when this build has it and its library loads, else
+    /// tract: the fast engine wherever it can serve ([`Engine::resolve`]).
     #[default]
+    Auto,
+    /// tract: embedded, pure Rust, always available.
     Tract,
     /// ONNX Runtime, loaded at run time (needs the `ort` feature and the
     /// library: `ORT_DYLIB_PATH` or `pip install onnxruntime`).
@@ -69,12 +72,13 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Both engines, for listings.
-    pub const ALL: [Engine; 2] = [Engine::Tract, Engine::Ort];
+    /// Every engine name, for listings.
+    pub const ALL: [Engine; 3] = [Engine::Auto, Engine::Tract, Engine::Ort];
 
     /// Its name in options and on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            Engine::Auto => "auto",
             Engine::Tract => "tract",
             Engine::Ort => "ort",
         }
@@ -83,10 +87,47 @@ impl Engine {
     /// Whether this build can run it (`ort` needs the `ort` feature).
     pub fn compiled(self) -> bool {
         match self {
-            Engine::Tract => true,
+            Engine::Auto | Engine::Tract => true,
             Engine::Ort => cfg!(feature = "ort"),
         }
     }
+
+    /// Its name, and for `auto` what it stands for here (for notes).
+    pub fn describe(self) -> String {
+        match self {
+            Engine::Auto => format!("auto: {}", auto_choice().1),
+            e => e.name().to_string(),
+        }
+    }
+
+    /// The engine that runs: `auto` becomes `ort` or `tract` (decided once
+    /// per process, see [`Engine::auto_choice`]); the others are themselves.
+    pub fn resolve(self) -> Engine {
+        match self {
+            Engine::Auto => auto_choice().0,
+            e => e,
+        }
+    }
+}
+
+/// What `auto` stands for in this process, and why, in words for a note:
+/// ONNX Runtime when the build has it and its library loads (the
+/// `onnxruntime` wheel or `ORT_DYLIB_PATH`), else tract.
+pub fn auto_choice() -> &'static (Engine, String) {
+    static CHOICE: std::sync::OnceLock<(Engine, String)> = std::sync::OnceLock::new();
+    CHOICE.get_or_init(|| {
+        #[cfg(feature = "ort")]
+        {
+            match ort_engine::available() {
+                Ok(path) => (Engine::Ort, format!("ONNX Runtime ({})", path.display())),
+                Err(e) => (Engine::Tract, format!("tract (ONNX Runtime not available: {e})")),
+            }
+        }
+        #[cfg(not(feature = "ort"))]
+        {
+            (Engine::Tract, "tract (this qforge was built without the `ort` feature)".to_string())
+        }
+    })
 }
 
 impl std::fmt::Display for Engine {
@@ -101,7 +142,7 @@ impl std::str::FromStr for Engine {
         Engine::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("unknown engine \"{s}\" (engines: tract, ort)"))
+            .ok_or_else(|| format!("unknown engine \"{s}\" (engines: auto, tract, ort)"))
     }
 }
 
@@ -130,8 +171,8 @@ pub trait Session: Send + Sync {
 
 /// Opens a session on `opts.engine`.
 pub fn session(model: &Model, opts: &SessionOptions) -> Result<Box<dyn Session>, RuntimeError> {
-    match opts.engine {
-        Engine::Tract => Ok(Box::new(TractSession::new(model, opts)?)),
+    match opts.engine.resolve() {
+        Engine::Tract | Engine::Auto => Ok(Box::new(TractSession::new(model, opts)?)),
         #[cfg(feature = "ort")]
         Engine::Ort => Ok(Box::new(OrtSession::new(model, opts)?)),
         #[cfg(not(feature = "ort"))]

@@ -50,6 +50,12 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
     env.as_ref().map_err(|m| RuntimeError::Engine { engine: "onnxruntime", message: m.clone() })
 }
 
+/// Loads ONNX Runtime (once) and says where from, or why it cannot.
+pub(crate) fn available() -> Result<PathBuf, String> {
+    environment().map_err(|e| e.to_string())?;
+    library_path()
+}
+
 /// Caps glibc's malloc arenas at one per core before ONNX Runtime starts its
 /// threads. glibc gives each new thread its own arena; with ONNX Runtime's
 /// pool threads next to rayon's, the fragmented arenas made calibration's
@@ -138,7 +144,10 @@ impl OrtSession {
             let v = g
                 .find_value(name)
                 .ok_or_else(|| RuntimeError::BadInput(format!("tensor \"{name}\" to fetch is not in the graph")))?;
-            if !g.is_graph_output(v) {
+            // A graph input is handed back from the caller's own feed (see
+            // `run`): ONNX Runtime returns an input fetched as an output
+            // without copying it, pointing into a buffer freed with the feed.
+            if !g.is_graph_output(v) && !sig.inputs.contains(name) {
                 graph.output.push(ValueInfoProto { name: Some(name.clone()), ..Default::default() });
             }
         }
@@ -193,7 +202,13 @@ fn from_ort(name: &str, v: &DynValue) -> Result<HostTensor, RuntimeError> {
         v: &DynValue,
     ) -> Result<(Vec<usize>, Vec<T>), RuntimeError> {
         let (shape, data) = v.try_extract_tensor::<T>().map_err(engine_err)?;
-        Ok((shape.iter().map(|&d| d as usize).collect(), data.to_vec()))
+        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        // An empty tensor may come with a null data pointer, which a slice
+        // copy must not touch.
+        if shape.contains(&0) {
+            return Ok((shape, Vec::new()));
+        }
+        Ok((shape, data.to_vec()))
     }
     let ty = match v.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
@@ -242,6 +257,9 @@ impl crate::Session for OrtSession {
                 .outputs
                 .iter()
                 .map(|n| {
+                    if let Some(i) = self.sig.inputs.iter().position(|x| x == n) {
+                        return Ok(inputs[i].clone());
+                    }
                     let v = out.get(n).ok_or_else(|| engine_err(format!("no output \"{n}\"")))?;
                     from_ort(n, v)
                 })

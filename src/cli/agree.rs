@@ -19,9 +19,9 @@ pub struct AgreeArgs {
     /// Input side (0 = the model's, or 640 when dynamic).
     #[arg(long, default_value_t = 0)]
     size: usize,
-    /// Engine that runs both models: tract (embedded) or ort (ONNX Runtime,
-    /// with the `ort` feature).
-    #[arg(long, default_value = "tract", value_parser = super::parse_engine)]
+    /// Engine that runs both models: auto (ONNX Runtime when its library is
+    /// found, else tract), tract (embedded) or ort (ONNX Runtime).
+    #[arg(long, value_name = "auto|tract|ort", default_value = "auto", value_parser = super::parse_engine)]
     engine: qforge_runtime::Engine,
     /// Print the result as JSON.
     #[arg(long)]

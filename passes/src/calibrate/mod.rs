@@ -197,7 +197,10 @@ impl PassOptions for Calibrate {
         ("json", "write the calibration table as JSON to this file"),
         ("trt_cache", "write a TensorRT calibration cache to this file"),
         ("trt_version", "version in the cache header TRT-<version>-EntropyCalibration2 (default 8601)"),
-        ("engine", "tract | ort (ONNX Runtime; build with --features ort); default: the run's --engine (tract)"),
+        (
+            "engine",
+            "auto | tract | ort (ONNX Runtime); default: the run's --engine (auto: ONNX Runtime when found, else tract)",
+        ),
     ];
 }
 
@@ -395,11 +398,12 @@ impl Pass for Calibrate {
         r.info("tensors", table.tensors.len() as u64);
         r.info("weights", table.weights.len() as u64);
         r.note(format!(
-            "{} samples in {:.1} s ({:.1} samples/s), method {}",
+            "{} samples in {:.1} s ({:.1} samples/s), method {}, engine {}",
             col.samples,
             col.seconds,
             col.samples as f64 / col.seconds.max(1e-9),
-            table.method
+            table.method,
+            self.engine.unwrap_or(cx.engine).describe()
         ));
         if !col.skipped.is_empty() {
             r.info("samples skipped", col.skipped.len() as u64);

@@ -20,13 +20,10 @@ use super::judge::run_all;
 use super::layers::{FloatInput, float_weight, quantized_inputs};
 use crate::PassError;
 
-/// Local output SQNR (dB) of each layer over the samples, and the graph
-/// outputs of the quantized model on them.
+/// Local output SQNR (dB) of each layer over the samples.
 pub struct Local {
     /// Per layer, in the order given: `10·log10(Σ twin² / Σ (layer − twin)²)`.
     pub sqnr: Vec<f64>,
-    /// The graph outputs on each sample.
-    pub outputs: Vec<Vec<HostTensor>>,
 }
 
 /// Adds `op(input) {keepdims=0}` after `at`; returns the new node and its output name.
@@ -90,7 +87,6 @@ pub fn measure(
     let runs = run_all(&aug, inputs, fetch, engine, input_shapes, "skip-sensitive: local measure")?;
     let mut noise = vec![0.0f64; layers.len()];
     let mut signal = vec![0.0f64; layers.len()];
-    let mut outputs = Vec::with_capacity(runs.len());
     for mut r in runs {
         let sums = r.split_off(n_outputs);
         for (i, pair) in sums.chunks(2).enumerate() {
@@ -98,12 +94,11 @@ pub fn measure(
             noise[i] += scalar(&pair[0]);
             signal[i] += scalar(&pair[1]);
         }
-        outputs.push(r);
     }
     let sqnr = noise
         .iter()
         .zip(&signal)
         .map(|(&n, &s)| if n == 0.0 { f64::INFINITY } else { 10.0 * (s / n).log10() })
         .collect();
-    Ok(Local { sqnr, outputs })
+    Ok(Local { sqnr })
 }

@@ -19,6 +19,7 @@
 mod judge;
 mod layers;
 mod local;
+mod partial;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,7 +104,10 @@ impl PassOptions for SkipSensitive {
         ),
         ("report", "write the ranking and greedy steps as JSON to this file"),
         ("float_weights", "also put skipped layers' weights back in float (default false: only activations go float)"),
-        ("engine", "tract | ort (ONNX Runtime; build with --features ort); default: the run's --engine (tract)"),
+        (
+            "engine",
+            "auto | tract | ort (ONNX Runtime); default: the run's --engine (auto: ONNX Runtime when found, else tract)",
+        ),
     ];
 }
 
@@ -207,15 +211,48 @@ impl Pass for SkipSensitive {
         // Local ranking, and the quantized model's outputs on those samples.
         let k = self.local_samples.clamp(1, judge.inputs.len());
         let loc = local::measure(g, &float, &layers, &judge.inputs[..k], engine, &judge.input_shapes)?;
-        let mut base_outputs = loc.outputs;
-        base_outputs.extend(judge::run_all(
-            g,
-            &judge.inputs[k..],
-            Vec::new(),
-            engine,
-            &judge.input_shapes,
-            "skip-sensitive: quantized model",
-        )?);
+
+        // Shortlist: the worst layers by the local measure, each as a trial
+        // graph with that layer back in float.
+        let mut order: Vec<usize> = (0..layers.len()).collect();
+        order.sort_by(|&a, &b| loc.sqnr[a].total_cmp(&loc.sqnr[b]).then(a.cmp(&b)));
+        let m = self.shortlist.unwrap_or(2 * self.top_k + 2).clamp(1, layers.len());
+        let short: Vec<usize> = order[..m].to_vec();
+        let trials: Vec<Graph> = short
+            .iter()
+            .map(|&i| {
+                let mut trial = g.clone();
+                to_float(&mut trial, layers[i], &float, self.float_weights)?;
+                Ok(trial)
+            })
+            .collect::<Result<_, PassError>>()?;
+
+        // The all-quantized model on every sample, keeping the values the
+        // trials read from upstream of their change (see `partial`).
+        let mut cached: Vec<String> = Vec::new();
+        for (t, &i) in trials.iter().zip(&short) {
+            for name in partial::boundary(t, &partial::downstream(t, &[layers[i]])) {
+                if !cached.contains(&name) {
+                    cached.push(name);
+                }
+            }
+        }
+        let budget = cache_bytes(g, &cached).map(|b| b * judge.inputs.len());
+        if budget.is_none_or(|b| b > CACHE_BUDGET) {
+            r.note(format!(
+                "trials run the whole model: caching the {} values they read would take {}",
+                cached.len(),
+                budget.map_or("an unknown amount (shapes not inferred)".to_string(), |b| format!(
+                    "{:.0} MB per run (> {} MB)",
+                    b as f64 / 1e6,
+                    CACHE_BUDGET / 1_000_000
+                ))
+            ));
+            cached.clear();
+        }
+        let base_run = partial::BaseRun::new(g, &judge, &cached)?;
+        let cache = (!cached.is_empty()).then_some(&base_run);
+        let base_outputs = base_run.graph_outputs();
         // A task metric that cannot judge these samples (e.g. the float model
         // detects nothing) falls back to SQNR rather than failing the pipeline.
         let base = match judge.score_outputs(&base_outputs) {
@@ -236,27 +273,23 @@ impl Pass for SkipSensitive {
             judge.inputs.len()
         ));
 
-        // Shortlist: the worst layers by the local measure.
-        let mut order: Vec<usize> = (0..layers.len()).collect();
-        order.sort_by(|&a, &b| loc.sqnr[a].total_cmp(&loc.sqnr[b]).then(a.cmp(&b)));
-        let m = self.shortlist.unwrap_or(2 * self.top_k + 2).clamp(1, layers.len());
-        let short: Vec<usize> = order[..m].to_vec();
         r.note(format!(
-            "local measure on {k} sample(s) ranked {} layers; the worst {m} measured end to end",
-            layers.len()
+            "local measure on {k} sample(s) ranked {} layers; the worst {m} measured end to end (engine {})",
+            layers.len(),
+            engine.describe()
         ));
 
         let bar = progress(cx.quiet, m as u64, "sensitivity {bar:30} {pos}/{len} layers alone, ETA {eta}");
         let alone: Result<Vec<Score>, PassError> = short
             .par_iter()
-            .map(|&i| {
-                let mut trial = g.clone();
-                to_float(&mut trial, layers[i], &float, self.float_weights)?;
-                let s = judge.score(&trial, "skip-sensitive: trial");
+            .zip(&trials)
+            .map(|(&i, trial)| {
+                let s = judge.score_trial(trial, &[layers[i]], cache, "skip-sensitive: trial");
                 bar.inc(1);
                 s
             })
             .collect();
+        drop(trials);
         bar.finish_and_clear();
         let mut cands: Vec<Candidate> = short
             .iter()
@@ -295,10 +328,11 @@ impl Pass for SkipSensitive {
                 c.alone
             } else {
                 let mut trial = g.clone();
-                for &l in chosen.iter().chain([&c.layer]) {
+                let changed: Vec<NodeId> = chosen.iter().chain([&c.layer]).copied().collect();
+                for &l in &changed {
                     to_float(&mut trial, l, &float, self.float_weights)?;
                 }
-                judge.score(&trial, "skip-sensitive: combination")?
+                judge.score_trial(&trial, &changed, cache, "skip-sensitive: combination")?
             };
             c.combined = Some(combined);
             if judge.better(combined, current) {
@@ -344,6 +378,22 @@ impl Pass for SkipSensitive {
         }
         Ok(r)
     }
+}
+
+/// Most bytes of base-model values kept for downstream-only trials, over all samples.
+const CACHE_BUDGET: usize = 1_500_000_000;
+
+/// Bytes of one sample's `names` values, when their shapes are known.
+fn cache_bytes(g: &Graph, names: &[String]) -> Option<usize> {
+    names
+        .iter()
+        .map(|n| {
+            let v = g.find_value(n)?;
+            let dims = g.known_dims(v)?;
+            let size = g.dtype(v).and_then(|d| d.size()).unwrap_or(4);
+            Some(dims.iter().map(|&d| d.max(0) as usize).product::<usize>() * size)
+        })
+        .sum()
 }
 
 fn progress(quiet: bool, len: u64, template: &str) -> indicatif::ProgressBar {

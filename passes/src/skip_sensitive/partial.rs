@@ -1,0 +1,278 @@
+//! Trials that run only what a change touches.
+//!
+//! Putting layers back in float rewires only those layers' inputs, so every
+//! node that is not downstream of them computes exactly what it computes in
+//! the all-quantized model. A trial therefore runs only the downstream part
+//! (the *cut*): each value that part reads from upstream becomes a graph input
+//! fed with the all-quantized model's value on the same sample, fetched once
+//! by the base run ([`BaseRun`]); graph outputs the cut does not produce are
+//! taken from the base run too. For a layer deep in the network that is a
+//! small fraction of the model, and preparing the smaller graph is cheaper in
+//! every engine.
+//!
+//! Why the cache covers every combination the greedy search tries: the
+//! downstream set of several layers is the union of their downstream sets,
+//! and a value read by the union from outside it is read by one of the sets
+//! from outside that set; so the boundary of a combination lies within the
+//! union of its members' boundaries. A trial whose boundary is not cached
+//! anyway (or a base run too large to keep) runs the whole model.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use qforge_ir::{Graph, Model, NodeId, TypeInfo, ValueDef, ValueId};
+use qforge_runtime::{HostTensor, SessionOptions};
+
+use super::judge::{Judge, Score};
+use crate::PassError;
+
+/// Suffix of the cut's inputs that stand for base-model values.
+const FED: &str = "::base";
+
+/// The nodes `changed` and everything that reads what they produce.
+pub fn downstream(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
+    let mut seen: BTreeSet<NodeId> = BTreeSet::new();
+    let mut todo: Vec<NodeId> = changed.to_vec();
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        for v in g.node(n).outputs().iter().flatten() {
+            todo.extend(g.users(*v));
+        }
+    }
+    seen
+}
+
+/// Non-constant values that nodes of `d` read and no node of `d` produces,
+/// by name, in graph order (the sample input included when `d` reads it).
+pub fn boundary(g: &Graph, d: &BTreeSet<NodeId>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in g.nodes().filter(|n| d.contains(n)) {
+        for &v in g.node(n).inputs().iter().flatten() {
+            let inside = g.producer_node(v).is_some_and(|p| d.contains(&p));
+            let constant = matches!(g.value(v).def(), ValueDef::Initializer | ValueDef::SparseInitializer);
+            let name = g.value_name(v);
+            if !inside && !constant && !out.iter().any(|o| o == name) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The all-quantized model's graph outputs and boundary values on every sample.
+pub struct BaseRun {
+    /// Graph output names, in order.
+    pub outputs: Vec<String>,
+    /// Per sample: the graph outputs, then the cached values.
+    pub values: Vec<Vec<HostTensor>>,
+    /// Cached value name → index into a sample's `values`.
+    pub index: HashMap<String, usize>,
+}
+
+impl BaseRun {
+    /// Runs `g` on the judge's samples, fetching its outputs and `cached`.
+    pub fn new(g: &Graph, judge: &Judge, cached: &[String]) -> Result<BaseRun, PassError> {
+        let outputs: Vec<String> = g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect();
+        let cached: Vec<String> = cached.iter().filter(|c| !outputs.contains(c)).cloned().collect();
+        let fetch: Vec<String> = outputs.iter().chain(&cached).cloned().collect();
+        let values = super::judge::run_all(
+            g,
+            &judge.inputs,
+            fetch.clone(),
+            judge.engine,
+            &judge.input_shapes,
+            "skip-sensitive: quantized model",
+        )?;
+        let index = fetch.into_iter().enumerate().map(|(i, n)| (n, i)).collect();
+        Ok(BaseRun { outputs, values, index })
+    }
+
+    /// The graph outputs alone, per sample.
+    pub fn graph_outputs(&self) -> Vec<Vec<HostTensor>> {
+        self.values.iter().map(|v| v[..self.outputs.len()].to_vec()).collect()
+    }
+
+    /// Bytes held per sample.
+    pub fn bytes_per_sample(&self) -> usize {
+        self.values.first().map_or(0, |v| v.iter().map(HostTensor::byte_len).sum())
+    }
+}
+
+/// `trial` (the base graph with `changed` rewired) cut down to what the
+/// change touches, or `None` when a value it needs is not in `base`.
+fn cut(trial: &Graph, changed: &[NodeId], base: &BaseRun, sample_input: &str) -> Option<(Graph, Vec<Option<usize>>)> {
+    let d = downstream(trial, changed);
+    let mut c = trial.clone();
+    for name in boundary(trial, &d) {
+        if name == sample_input {
+            continue;
+        }
+        let i = *base.index.get(&name)?;
+        let t = &base.values.first()?[i];
+        let dims: Vec<i64> = t.shape.iter().map(|&x| x as i64).collect();
+        let v = c.find_value(&name)?;
+        let w = c.add_input(&format!("{name}{FED}"), &TypeInfo::new(t.dtype(), &dims)).ok()?;
+        c.replace_uses(v, w);
+    }
+    // Graph outputs: the cut's own, or the base run's.
+    let mut from_cut: Vec<Option<usize>> = Vec::new();
+    let mut kept = 0;
+    for i in (0..c.outputs().len()).rev() {
+        let v = c.outputs()[i].value;
+        if c.producer_node(v).is_some_and(|p| d.contains(&p)) {
+            from_cut.push(Some(0));
+        } else {
+            c.remove_output(i);
+            from_cut.push(None);
+        }
+    }
+    from_cut.reverse();
+    for slot in from_cut.iter_mut().flatten() {
+        *slot = kept;
+        kept += 1;
+    }
+    let order: Vec<NodeId> = c.nodes().collect();
+    for n in order.into_iter().rev().filter(|n| !d.contains(n)) {
+        let outs: Vec<ValueId> = c.node(n).outputs().iter().flatten().copied().collect();
+        let ins: Vec<ValueId> = c.node(n).inputs().iter().flatten().copied().collect();
+        c.remove_node(n);
+        for v in outs {
+            let _ = c.remove_value(v);
+        }
+        crate::util::remove_if_unused(&mut c, ins);
+    }
+    Some((c, from_cut))
+}
+
+impl Judge {
+    /// Scores `trial` (the base graph with the layers `changed` rewired),
+    /// running only what the change touches when `base` holds the values
+    /// that needs; else the whole model.
+    pub fn score_trial(
+        &self,
+        trial: &Graph,
+        changed: &[NodeId],
+        base: Option<&BaseRun>,
+        what: &str,
+    ) -> Result<Score, PassError> {
+        let sample_input = trial.runtime_inputs().first().map(|&v| trial.value_name(v).to_string()).unwrap_or_default();
+        let cutted = match base {
+            Some(b) => cut(trial, changed, b, &sample_input).map(|c| (b, c)),
+            None => None,
+        };
+        let Some((base, (c, from_cut))) = cutted else { return self.score(trial, what) };
+        let mut shapes: BTreeMap<String, Vec<usize>> = self.input_shapes.clone();
+        for &v in &c.runtime_inputs() {
+            let name = c.value_name(v);
+            if let Some(b) = name.strip_suffix(FED)
+                && let Some(&i) = base.index.get(b)
+            {
+                shapes.insert(name.to_string(), base.values[0][i].shape.clone());
+            }
+        }
+        let opts = SessionOptions { outputs: Vec::new(), input_shapes: shapes, engine: self.engine };
+        let rt = |source| PassError::Runtime { context: what.to_string(), source };
+        let s = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
+        let mut outputs = Vec::with_capacity(self.inputs.len());
+        for (k, x) in self.inputs.iter().enumerate() {
+            let feed: Vec<HostTensor> = s
+                .input_names()
+                .iter()
+                .map(|n| match n.strip_suffix(FED) {
+                    Some(b) => base.values[k][base.index[b]].clone(),
+                    None => x.clone(),
+                })
+                .collect();
+            let out = s.run(&feed).map_err(rt)?;
+            outputs.push(
+                from_cut
+                    .iter()
+                    .enumerate()
+                    .map(|(j, slot)| match slot {
+                        Some(i) => out[*i].clone(),
+                        None => base.values[k][j].clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        self.score_outputs(&outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qforge_ir::parse_graph;
+
+    #[test]
+    fn downstream_and_boundary_follow_the_data() {
+        let g = parse_graph(
+            "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,4]\n  init @k: f32[1,4] = fill(1.0)\n  \
+             %a = Relu(%x)  # a\n  %b = Neg(%a)  # b\n  %c = Add(%b, @k)  # c\n  %d = Mul(%c, %a)  # d\n  \
+             %e = Abs(%x)  # e\n  output %d\n  output %e\n}\n",
+        )
+        .unwrap();
+        let b = g.find_node("b").unwrap();
+        let d = downstream(&g, &[b]);
+        let names: Vec<&str> = d.iter().map(|&n| g.node(n).name()).collect();
+        assert_eq!(names.len(), 3);
+        for n in ["b", "c", "d"] {
+            assert!(names.contains(&n), "{names:?}");
+        }
+        // The constant @k is not a boundary value; %a (read by b and d) is.
+        assert_eq!(boundary(&g, &d), vec!["a".to_string()]);
+    }
+
+    /// A downstream-only trial scores exactly what running the whole trial
+    /// model scores, for one layer and for a combination.
+    #[test]
+    fn a_cut_scores_like_the_whole_model() {
+        let text = "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,6,6]\n  \
+            init @w1: f32[2,2,3,3] = rand(1)\n  init @w2: f32[2,2,3,3] = rand(2)\n  init @w3: f32[2,2,1,1] = rand(3)\n  \
+            init @s: f32[] = [0.02]\n  init @z: i8[] = [0]\n  \
+            %q0 = QuantizeLinear(%x, @s, @z)  # q0\n  %d0 = DequantizeLinear(%q0, @s, @z)  # d0\n  \
+            %a = Conv(%d0, @w1) {pads=[1,1,1,1]}  # conv1\n  \
+            %q1 = QuantizeLinear(%a, @s, @z)  # q1\n  %d1 = DequantizeLinear(%q1, @s, @z)  # d1\n  \
+            %b = Conv(%d1, @w2) {pads=[1,1,1,1]}  # conv2\n  \
+            %q2 = QuantizeLinear(%b, @s, @z)  # q2\n  %d2 = DequantizeLinear(%q2, @s, @z)  # d2\n  \
+            %c = Conv(%d2, @w3)  # conv3\n  %y = Add(%c, %a)  # skip\n  \
+            output %y\n  output %b\n}\n";
+        let g = parse_graph(text).unwrap();
+        let float = g.clone();
+        let layers = super::super::quantized_layers(&g);
+        assert_eq!(layers.len(), 3);
+        let inputs = qforge_runtime::random_inputs(&[("x".into(), vec![1, 2, 6, 6], qforge_ir::DataType::F32)], 7);
+        let engine = qforge_runtime::Engine::Tract;
+        let shapes = BTreeMap::new();
+        // The reference: every layer in float.
+        let mut all_float = g.clone();
+        for &l in &layers {
+            super::super::to_float(&mut all_float, l, &float, false).unwrap();
+        }
+        let reference = super::super::judge::run_all(&all_float, &inputs, Vec::new(), engine, &shapes, "ref").unwrap();
+        let judge = Judge {
+            inputs,
+            reference,
+            metric: crate::metric::find_metric("sqnr").unwrap(),
+            engine,
+            input_shapes: shapes,
+            tie: 0.0,
+        };
+        for changed in [vec![layers[1]], vec![layers[2]], vec![layers[1], layers[2]], vec![layers[0]]] {
+            let mut trial = g.clone();
+            let mut cached = Vec::new();
+            for &l in &changed {
+                super::super::to_float(&mut trial, l, &float, false).unwrap();
+            }
+            for &l in &changed {
+                cached.extend(boundary(&trial, &downstream(&trial, &[l])));
+            }
+            let base = BaseRun::new(&g, &judge, &cached).unwrap();
+            let whole = judge.score(&trial, "whole").unwrap();
+            let part = judge.score_trial(&trial, &changed, Some(&base), "cut").unwrap();
+            assert!((whole.sqnr - part.sqnr).abs() < 1e-9, "{changed:?}: {whole:?} vs {part:?}");
+            assert!(cut(&trial, &changed, &base, "x").is_some(), "{changed:?}: the cut was not used");
+        }
+    }
+}
