@@ -125,12 +125,7 @@ impl FoldBatchNorm {
         let (w_v, b_v) = (g.node(p).input(1), g.node(p).input(2));
         let Some(w) = w_v.and_then(|v| g.constant(v)) else { return Ok(false) };
         let Some(dt) = w.dtype().filter(|d| d.is_float()) else { return Ok(false) };
-        let wd: Vec<f64> = w
-            .to_f32_vec()
-            .map_err(|e| PassError::msg(format!("{}: {e}", describe(g, p))))?
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let wd: Vec<f32> = w.to_f32_vec().map_err(|e| PassError::msg(format!("{}: {e}", describe(g, p))))?;
         let dims = w.dims().to_vec();
         let c = aff.scale.len();
         let group = g.node(p).attr_int("group").unwrap_or(1).max(1) as usize;
@@ -192,9 +187,23 @@ impl FoldBatchNorm {
                 }
             }
         };
-        let new_w: Vec<f64> = wd.iter().enumerate().map(|(i, &x)| x * aff.scale[channel_of(i)]).collect();
+        // The products in f64, rounded once to the weight's type. Conv (the
+        // common case) scales whole output-channel blocks, without a lookup
+        // per element: 11 M weights of a YOLOv8s fold in a few ms.
+        let w_t = if dt == DataType::F32 && op == "Conv" {
+            let per = wd.len() / c;
+            let mut out = Vec::with_capacity(wd.len());
+            for (block, &k) in wd.chunks(per.max(1)).zip(&aff.scale) {
+                out.extend(block.iter().map(|&x| (f64::from(x) * k) as f32));
+            }
+            Tensor::new(&dims, &out)
+        } else {
+            let new_w: Vec<f64> =
+                wd.iter().enumerate().map(|(i, &x)| f64::from(x) * aff.scale[channel_of(i)]).collect();
+            let Some(t) = to_tensor(dt, &dims, &new_w) else { return Ok(false) };
+            t
+        };
         let new_b: Vec<f64> = (0..c).map(|i| old_bias[i] * aff.scale[i] + aff.shift[i]).collect();
-        let Some(w_t) = to_tensor(dt, &dims, &new_w) else { return Ok(false) };
         let Some(b_t) = to_tensor(dt, &[c as i64], &new_b) else { return Ok(false) };
 
         let bn_inputs: Vec<ValueId> = g.node(bn).inputs().iter().flatten().copied().collect();
