@@ -66,6 +66,7 @@ pub(crate) fn resolve(t: &mut TensorProto, dir: Option<&Path>) -> Result<(), IrE
     };
     let offset = parse("offset")?.unwrap_or(0);
     let length = parse("length")?;
+    crate::files::regular_file(&canon).map_err(|e| err(e.to_string()))?;
     let mut f = File::open(&canon).map_err(|e| err(format!("{}: {e}", path.display())))?;
     let size = f.metadata().map_err(|e| err(e.to_string()))?.len();
     let len = length.unwrap_or(size.saturating_sub(offset));

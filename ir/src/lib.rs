@@ -17,6 +17,7 @@ mod attr;
 mod dtype;
 mod error;
 mod external;
+mod files;
 mod graph;
 mod model;
 mod parser;
@@ -30,6 +31,7 @@ pub use attr::{Attr, AttrExt, attr_float, attr_floats, attr_int, attr_ints, attr
 pub use dtype::DataType;
 pub use error::IrError;
 pub use external::check_location;
+pub use files::{regular_file, writable_file};
 pub use graph::{Graph, InsertAt, NewNode, Node, NodeId, Use, UseSlot, Value, ValueDef, ValueId};
 pub use model::{ExportOptions, Model, export, import, import_bytes, load, save};
 pub use parser::parse_graph;

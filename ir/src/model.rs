@@ -170,6 +170,7 @@ pub fn import_bytes(bytes: &[u8], dir: Option<&Path>) -> Result<Model, IrError> 
 /// Loads an ONNX file (and its external data).
 pub fn load(path: impl AsRef<Path>) -> Result<Model, IrError> {
     let path = path.as_ref();
+    crate::files::regular_file(path)?;
     let bytes = std::fs::read(path).map_err(|e| IrError::io(path, e))?;
     let proto =
         ModelProto::decode(&bytes[..]).map_err(|source| IrError::Decode { path: path.to_path_buf(), source })?;
@@ -250,27 +251,32 @@ struct AtomicFile {
     tmp: PathBuf,
     path: PathBuf,
     file: Option<File>,
+    committed: bool,
 }
 
 impl AtomicFile {
     fn create(path: &Path) -> Result<AtomicFile, IrError> {
+        crate::files::writable_file(path)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| IrError::io(&tmp, e))?;
-        Ok(AtomicFile { tmp, path: path.to_path_buf(), file: Some(file) })
+        Ok(AtomicFile { tmp, path: path.to_path_buf(), file: Some(file), committed: false })
     }
 
     fn commit(mut self) -> Result<(), IrError> {
         if let Some(f) = self.file.take() {
             f.sync_all().map_err(|e| IrError::io(&self.tmp, e))?;
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| IrError::io(&self.path, e))
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| IrError::io(&self.path, e))?;
+        self.committed = true;
+        Ok(())
     }
 }
 
 impl Drop for AtomicFile {
+    /// Whatever failed (a write, the sync, the rename), the temporary file goes.
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

@@ -172,18 +172,51 @@ fn step(v: &Value, origin: Origin) -> Result<Step, PassError> {
     Ok(Step::FixedPoint { max_iterations, passes, origin })
 }
 
+/// Most pipeline files one load may read, includes counted.
+const MAX_INCLUDES: usize = 64;
+/// Deepest include chain.
+const MAX_INCLUDE_DEPTH: usize = 16;
+/// Largest pipeline file.
+const MAX_PIPELINE_BYTES: u64 = 1 << 20;
+
 impl Pipeline {
     /// Loads a pipeline file, expanding includes (relative to the file).
     pub fn load(path: impl AsRef<Path>) -> Result<Pipeline, PassError> {
         let mut p = Pipeline::default();
         let mut stack = Vec::new();
-        p.load_into(path.as_ref(), &mut stack, None)?;
+        let mut loads = 0;
+        p.load_into(path.as_ref(), &mut stack, None, &mut loads)?;
         Ok(p)
     }
 
-    fn load_into(&mut self, path: &Path, stack: &mut Vec<PathBuf>, from: Option<Origin>) -> Result<(), PassError> {
+    fn load_into(
+        &mut self,
+        path: &Path,
+        stack: &mut Vec<PathBuf>,
+        from: Option<Origin>,
+        loads: &mut usize,
+    ) -> Result<(), PassError> {
         let label = path.display().to_string();
         let at = from.clone().unwrap_or(Origin { file: label.clone(), line: 0, column: 0 });
+        // Bounded: a file that includes the next one twice, ten deep, would
+        // otherwise expand to a thousand copies.
+        *loads += 1;
+        if *loads > MAX_INCLUDES || stack.len() >= MAX_INCLUDE_DEPTH {
+            return Err(pipeline_err(
+                at,
+                format!(
+                    "includes expand too far (more than {MAX_INCLUDES} files or {MAX_INCLUDE_DEPTH} levels); \
+                     include each pipeline once"
+                ),
+            ));
+        }
+        let size = qforge_ir::regular_file(path).map_err(|e| pipeline_err(at.clone(), format!("cannot read {e}")))?;
+        if size > MAX_PIPELINE_BYTES {
+            return Err(pipeline_err(
+                at,
+                format!("{label} is {size} bytes; a pipeline is at most {MAX_PIPELINE_BYTES}"),
+            ));
+        }
         let text =
             std::fs::read_to_string(path).map_err(|e| pipeline_err(at.clone(), format!("cannot read {label}: {e}")))?;
         let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -202,7 +235,7 @@ impl Pipeline {
         }
         for inc in &raw.include {
             let o = origin_of(&label, &inc.referenced);
-            self.load_into(&base.join(&inc.value), stack, Some(o))?;
+            self.load_into(&base.join(&inc.value), stack, Some(o), loads)?;
         }
         for e in &raw.passes {
             self.steps.push(step(&e.value, origin_of(&label, &e.referenced))?);

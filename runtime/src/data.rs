@@ -113,12 +113,32 @@ pub struct Dataset {
 
 const IMAGE_EXT: &[&str] = &["jpg", "jpeg", "png"];
 
+/// The regular files under `dir`, each real file once: links are followed,
+/// but a folder already visited (a link loop, a link to a parent) is not
+/// entered again, a file reached twice counts once, and FIFOs, devices and
+/// broken links are left out (reading them would block or fail).
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else {
+    let mut dirs = std::collections::HashSet::new();
+    let mut files = std::collections::HashSet::new();
+    walk_into(dir, out, &mut dirs, &mut files)
+}
+
+fn walk_into(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    dirs: &mut std::collections::HashSet<PathBuf>,
+    files: &mut std::collections::HashSet<PathBuf>,
+) -> std::io::Result<()> {
+    if !dirs.insert(dir.canonicalize()?) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    entries.sort();
+    for p in entries {
+        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        if meta.is_dir() {
+            walk_into(&p, out, dirs, files)?;
+        } else if meta.is_file() && p.canonicalize().is_ok_and(|c| files.insert(c)) {
             out.push(p);
         }
     }
@@ -138,6 +158,7 @@ struct NpyHeader {
 
 fn npy_header(path: &Path) -> Result<NpyHeader, DataError> {
     let bad = |reason: String| DataError::Sample { path: path.to_path_buf(), reason };
+    let size = qforge_ir::regular_file(path).map_err(|e| bad(e.to_string()))?;
     let mut f = File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut magic = [0u8; 8];
     f.read_exact(&mut magic).map_err(|_| bad("not a .npy file (too short)".into()))?;
@@ -153,6 +174,9 @@ fn npy_header(path: &Path) -> Result<NpyHeader, DataError> {
         f.read_exact(&mut b).map_err(|e| bad(e.to_string()))?;
         (u32::from_le_bytes(b) as usize, 12)
     };
+    if (pre + hlen) as u64 > size {
+        return Err(bad(format!("header length {hlen} is past the end of the {size}-byte file")));
+    }
     let mut h = vec![0u8; hlen];
     f.read_exact(&mut h).map_err(|e| bad(e.to_string()))?;
     let h = String::from_utf8_lossy(&h);
@@ -177,7 +201,20 @@ fn npy_header(path: &Path) -> Result<NpyHeader, DataError> {
     let shape: Result<Vec<usize>, _> =
         inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse::<usize>).collect();
     let shape = shape.map_err(|_| bad(format!("bad shape {inner:?}")))?;
-    Ok(NpyHeader { shape, f64, data_offset: (pre + hlen) as u64 })
+    // The header is checked against the file before anything is allocated
+    // from it (a 200-byte file may claim 2^40 samples).
+    let data_offset = (pre + hlen) as u64;
+    let declared = shape
+        .iter()
+        .try_fold(if f64 { 8u64 } else { 4 }, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+    if declared > size - data_offset {
+        return Err(bad(format!(
+            "its header declares {declared} bytes of data (shape {shape:?}) but the file holds {}",
+            size - data_offset
+        )));
+    }
+    Ok(NpyHeader { shape, f64, data_offset })
 }
 
 /// Writes a float32 `.npy` file (used by tests and `--dump` options).

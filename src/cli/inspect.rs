@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use qforge_ir::{Graph, Model, PrintOptions, ValueDef};
@@ -103,17 +103,19 @@ pub fn run(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     print!("{}", summary(&m));
-    if a.verify {
-        match qforge_ir::verify(&m.graph) {
-            Ok(()) => println!("  verifier: ok"),
-            Err(e) => println!("  verifier: {e}"),
-        }
+    let verdict = a.verify.then(|| qforge_ir::verify(&m.graph));
+    if let Some(Ok(())) = &verdict {
+        println!("  verifier: ok");
     }
     if a.ir {
         print!(
             "{}",
             qforge_ir::print_graph(&m.graph, &PrintOptions { max_elements: a.max_elements, initializers: true })
         );
+    }
+    // A model the verifier rejects is a failed check: exit 1, so scripts see it.
+    if let Some(Err(e)) = verdict {
+        bail!("{}: {e}", a.model.display());
     }
     Ok(())
 }

@@ -63,20 +63,55 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let result = match cli.command {
+    install_panic_hook();
+    let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(a) => run::run(a),
         Command::Passes(a) => list::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Agree(a) => agree::run(a),
-    };
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(1)
         }
+        Err(_) => {
+            let what = LAST_PANIC.lock().ok().and_then(|m| m.clone()).unwrap_or_else(|| "unknown".into());
+            eprintln!(
+                "error: internal error in qforge: {what} (this is a bug; please report it with the command line; \
+                 QFORGE_BACKTRACE=1 prints the backtrace)"
+            );
+            ExitCode::from(1)
+        }
     }
+}
+
+/// The message and place of the last panic, for the one-line report.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A panic becomes one "internal error" line and exit code 1, not a
+/// multi-line dump and 101. Panics that are caught on purpose (an engine
+/// crash turned into an error at the engine boundary) print nothing.
+fn install_panic_hook() {
+    let verbose = std::env::var_os("QFORGE_BACKTRACE").is_some();
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(format!("{msg}{at}"));
+        }
+        if verbose {
+            default(info);
+        }
+    }));
 }
 
 /// The error and its causes on one line, without repeating a prefix (such as

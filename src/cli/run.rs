@@ -63,9 +63,10 @@ pub struct RunArgs {
     report: Option<PathBuf>,
     /// Engine that runs the model in passes that execute it (calibrate,
     /// skip-sensitive), unless a pass's own `engine` option says otherwise:
-    /// tract (embedded), or ort (ONNX Runtime, with the `ort` feature; the
+    /// auto (ONNX Runtime when its library is found, else tract; the run
+    /// says which), tract (embedded, pure Rust), or ort (ONNX Runtime; the
     /// library comes from ORT_DYLIB_PATH or the onnxruntime Python wheel).
-    #[arg(long, default_value = "tract", value_parser = super::parse_engine)]
+    #[arg(long, value_name = "auto|tract|ort", default_value = "auto", value_parser = super::parse_engine)]
     engine: qforge_runtime::Engine,
     /// Seed of random inputs and sampling.
     #[arg(long, default_value_t = 0x5eed)]
@@ -157,6 +158,13 @@ pub fn run(a: RunArgs) -> Result<()> {
     let manager = PassManager::new(&pipeline, opts)?;
     if same_file(&a.input, &a.output) && !a.force {
         bail!("output {} is the input file; pass --force to overwrite it", a.output.display());
+    }
+    // Every path is checked before any work, so a bad one costs nothing and
+    // nothing is written after a failure.
+    qforge_ir::regular_file(&a.input).context("-i")?;
+    qforge_ir::writable_file(&a.output).context("-o")?;
+    if let Some(r) = &a.report {
+        qforge_ir::writable_file(r).context("--report")?;
     }
     let mut model = qforge_ir::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     // Invalid entries the import dropped: the output differs there, so say so.

@@ -59,6 +59,9 @@ pub struct Facts {
     contradictions: Vec<Contradiction>,
 }
 
+/// What a node's rule found: each output's type and partial value.
+pub(crate) type NodeFacts = (Vec<Option<TypeInfo>>, Vec<Option<PVal>>);
+
 impl Facts {
     /// The best type known for `v`: inferred in this sweep, else declared.
     pub fn type_of(&self, g: &Graph, v: ValueId) -> Option<TypeInfo> {
@@ -133,7 +136,7 @@ impl Facts {
     }
 
     /// The rule's raw output (types and partial values) without recording it.
-    pub(crate) fn infer_raw(&self, g: &Graph, n: NodeId) -> Option<(Vec<Option<TypeInfo>>, Vec<Option<PVal>>)> {
+    pub(crate) fn infer_raw(&self, g: &Graph, n: NodeId) -> Option<NodeFacts> {
         let node = g.node(n);
         let def = op_def(node.domain(), node.op_type())?;
         let domain = if node.domain() == "ai.onnx" { "" } else { node.domain() };

@@ -13,7 +13,7 @@ fn scaled(x: &Dim, s: f64) -> Dim {
     match x {
         Dim::Known(k) => {
             let p = (*k as f32 * s as f32).floor();
-            if p.is_finite() && p >= 0.0 && p < 1e12 { checked(Some(p as i64)) } else { Dim::Unknown }
+            if (0.0..1e12).contains(&p) { checked(Some(p as i64)) } else { Dim::Unknown }
         }
         d @ Dim::Sym(_) if s == 1.0 => d.clone(),
         _ => Dim::Unknown,

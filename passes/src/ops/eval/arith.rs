@@ -57,7 +57,10 @@ fn float_op(op: Bin, d: DataType, a: f64, b: f64) -> Option<f64> {
 }
 
 /// Broadcasts `a` and `b`, returning the output dims and the read indices.
-fn pair(cx: &EvalCx<'_>, a: &Val, b: &Val) -> Result<(Vec<i64>, Vec<usize>, Vec<usize>), Skip> {
+/// The broadcast output shape and, per output element, the index into each operand.
+type Pairing = (Vec<i64>, Vec<usize>, Vec<usize>);
+
+fn pair(cx: &EvalCx<'_>, a: &Val, b: &Val) -> Result<Pairing, Skip> {
     let out = broadcast_dims(&[&a.dims, &b.dims]).ok_or(Skip::Unsupported)?;
     cx.budget(numel(&out).ok_or(Skip::Unsupported)?)?;
     let ia = broadcast_index(&a.dims, &out).ok_or(Skip::Unsupported)?;
@@ -256,13 +259,13 @@ pub(crate) fn where_(cx: &EvalCx<'_>) -> Result<Vec<Val>, Skip> {
     let pick = |k: usize| -> (bool, usize) { if cv[ic[k]] { (true, ix[k]) } else { (false, iy[k]) } };
     let data = match (&x.data, &y.data) {
         (Data::I(a), Data::I(b)) => {
-            Data::I((0..ic.len()).map(|k| pick(k)).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
+            Data::I((0..ic.len()).map(&pick).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
         }
         (Data::F(a), Data::F(b)) => {
-            Data::F((0..ic.len()).map(|k| pick(k)).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
+            Data::F((0..ic.len()).map(&pick).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
         }
         (Data::B(a), Data::B(b)) => {
-            Data::B((0..ic.len()).map(|k| pick(k)).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
+            Data::B((0..ic.len()).map(&pick).map(|(t, i)| if t { a[i] } else { b[i] }).collect())
         }
         _ => return Err(Skip::Unsupported),
     };

@@ -130,7 +130,8 @@ pub(crate) fn concat(cx: &EvalCx<'_>) -> Result<Vec<Val>, Skip> {
 pub(crate) fn slice(cx: &EvalCx<'_>) -> Result<Vec<Val>, Skip> {
     let x = cx.input(0)?;
     let r = x.dims.len();
-    let (starts, ends, axes, steps): (Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>) = if cx.opset < 10 {
+    type SliceArgs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>);
+    let (starts, ends, axes, steps): SliceArgs = if cx.opset < 10 {
         let a = |n: &str| cx.node.attr(n).and_then(AttrExt::as_ints).map(<[i64]>::to_vec);
         (a("starts").ok_or(Skip::Unsupported)?, a("ends").ok_or(Skip::Unsupported)?, a("axes"), None)
     } else {
