@@ -225,9 +225,73 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
             common::ort_compare(&model, &out, &["--input-shape", "1,3,320,320", "--images", photos.to_str().unwrap()]);
         assert!(r["runs"].as_u64().unwrap() >= 5, "{r}");
     }
-    let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320, Default::default()).unwrap();
+    let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320, qforge_runtime::Engine::Tract)
+        .unwrap();
     eprintln!("nudenet INT8 vs FP32: {a}");
     assert!(a.map50 >= 0.90, "mAP50 vs FP32 {a}");
+}
+
+/// The strongly typed form for TensorRT 10: after `to-fp16` the INT8 model
+/// of nudenet has opset >= 19, float16 Q/DQ scales, no Cast next to a Q or
+/// DQ, passes the checker, and agrees with FP32 as well as the FP32-rest
+/// model does (within 0.01 mAP50, ONNX Runtime running all three).
+#[test]
+fn strongly_typed_int8_fp16_agrees_like_the_fp32_rest() {
+    let Some(model) = common::model("nudenet-320n.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    if !qforge_runtime::Engine::Ort.compiled() || qforge_runtime::ort_library_path().is_err() {
+        return common::skip("ONNX Runtime is needed to run float16 Q/DQ (tract has no float16 scales)");
+    }
+    let dir = common::tempdir();
+    let fold = common::root().join("pipelines/fold.yaml");
+    let quant = |extra: &str, out: &Path| {
+        let pipe = out.with_extension("yaml");
+        std::fs::write(
+            &pipe,
+            format!(
+                "include: [{fold:?}]\npasses:\n  - calibrate: {{method: max, data: {{views: true}}}}\n  \
+                 - insert-qdq: {{exclude_tail: true}}\n{extra}"
+            ),
+        )
+        .unwrap();
+        let o = common::qforge()
+            .args(["run", pipe.to_str().unwrap(), "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
+            .args(["--calib", photos.to_str().unwrap(), "--input-shape", "images=1,3,320,320", "-q"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (fp32_rest, fp16) = (dir.path().join("rest32.onnx"), dir.path().join("fp16.onnx"));
+    quant("", &fp32_rest);
+    quant("  - to-fp16\n", &fp16);
+    common::check_valid(&fp16, Some(&model));
+    let m = qforge_ir::load(&fp16).unwrap();
+    let g = &m.graph;
+    assert!(g.opset("").unwrap() >= 19);
+    let qdq = |n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear");
+    let mut scales16 = 0;
+    for n in g.nodes().filter(|&n| qdq(n)) {
+        let scale = g.node(n).input(1).unwrap();
+        // Only a Q of the FP32 graph input keeps an FP32 scale.
+        let reads_input = g.node(n).input(0).is_some_and(|v| g.is_graph_input(v));
+        if !reads_input {
+            assert_eq!(g.dtype(scale), Some(DataType::F16), "{}", g.node(n).name());
+            scales16 += 1;
+        }
+    }
+    assert!(scales16 >= 100, "{scales16} float16 scales");
+    for n in g.nodes().filter(|&n| g.node(n).is_op("Cast")) {
+        let v = g.node(n).input(0).unwrap();
+        let from_qdq = g.producer_node(v).is_some_and(qdq);
+        let to_qdq = g.users(g.node(n).output(0).unwrap()).into_iter().any(qdq);
+        assert!(!from_qdq && !to_qdq, "Cast {} next to a Q/DQ", g.node(n).name());
+    }
+    let fp32 = qforge_ir::load(&model).unwrap();
+    let ort = qforge_runtime::Engine::Ort;
+    let a16 = qforge_yolo::agreement(&fp32, &m, &photos, 320, ort).unwrap();
+    let a32 = qforge_yolo::agreement(&fp32, &qforge_ir::load(&fp32_rest).unwrap(), &photos, 320, ort).unwrap();
+    eprintln!("nudenet INT8, FP16 rest: {a16}; FP32 rest: {a32}");
+    assert!((a16.map50 - a32.map50).abs() <= 0.01, "FP16 rest {a16} vs FP32 rest {a32}");
 }
 
 #[test]

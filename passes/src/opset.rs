@@ -8,7 +8,7 @@
 //! A graph containing such an op in the affected range is refused with the
 //! list, rather than silently changed.
 
-use qforge_ir::Graph;
+use qforge_ir::{Graph, NodeId, Tensor, attr_int};
 
 /// (op, version whose semantics break with the one before it).
 const BREAKING: &[(&str, i64)] = &[
@@ -47,6 +47,7 @@ pub fn ensure_opset(g: &mut Graph, min: i64) -> Result<Option<i64>, String> {
         return Ok(None);
     }
     let mut blocking: Vec<String> = Vec::new();
+    let mut fixes: Vec<(NodeId, Fix)> = Vec::new();
     for n in g.nodes() {
         let node = g.node(n);
         if !matches!(node.domain(), "" | "ai.onnx") {
@@ -54,6 +55,12 @@ pub fn ensure_opset(g: &mut Graph, min: i64) -> Result<Option<i64>, String> {
         }
         for &(op, v) in BREAKING {
             if node.op_type() == op && old < v && v <= min {
+                if v == 18
+                    && let Some(fix) = fix_for_18(g, n)
+                {
+                    fixes.push((n, fix));
+                    continue;
+                }
                 let s = format!("{op} (changed in opset {v})");
                 if !blocking.contains(&s) {
                     blocking.push(s);
@@ -67,8 +74,49 @@ pub fn ensure_opset(g: &mut Graph, min: i64) -> Result<Option<i64>, String> {
             blocking.join(", ")
         ));
     }
+    for (n, fix) in fixes {
+        match fix {
+            Fix::None => {}
+            Fix::NumOutputs(k) => g.node_mut(n).set_attr(attr_int("num_outputs", k)),
+            Fix::AxesInput(axes) => {
+                let name = format!("{}_axes", g.node(n).name());
+                let v = g.add_initializer(&name, Tensor::new(&[axes.len() as i64], &axes));
+                g.set_input(n, 1, Some(v));
+                g.node_mut(n).remove_attr("axes");
+            }
+        }
+    }
     g.set_opset("", min);
     Ok(Some(old))
+}
+
+/// How a node keeps its meaning across opset 18.
+enum Fix {
+    /// Nothing to change (the node does not use what changed).
+    None,
+    /// Split without sizes: opset 18 wants the number of outputs said.
+    NumOutputs(i64),
+    /// Reduce* with an `axes` attribute: opset 18 takes axes as input 1.
+    AxesInput(Vec<i64>),
+}
+
+/// The rewrite that carries `n` across opset 18, if there is one.
+fn fix_for_18(g: &Graph, n: NodeId) -> Option<Fix> {
+    let node = g.node(n);
+    match node.op_type() {
+        // Split 13 with a `split` input reads the same at 18; without one it
+        // splits evenly into as many outputs as it has.
+        "Split" if node.input(1).is_some() => Some(Fix::None),
+        "Split" if node.attr("split").is_none() => Some(Fix::NumOutputs(node.outputs().len() as i64)),
+        // Pad 18 only adds an optional `axes` input.
+        "Pad" => Some(Fix::None),
+        op if op.starts_with("Reduce") && op != "ReduceSum" => match node.attr_ints("axes") {
+            Some(axes) => Some(Fix::AxesInput(axes.to_vec())),
+            None if node.input(1).is_none() => Some(Fix::None),
+            None => None,
+        },
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -90,5 +138,32 @@ mod tests {
         let e = ensure_opset(&mut g, 13).unwrap_err();
         assert!(e.contains("Softmax (changed in opset 13)"), "{e}");
         assert_eq!(g.opset(""), Some(11));
+    }
+
+    /// Crossing opset 18: an even Split says its number of outputs, a
+    /// ReduceMax takes its axes as an input; both compute what they did.
+    #[test]
+    fn split_and_reduce_are_carried_across_opset_18() {
+        let text = "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,4,2]\n  \
+                    %a, %b = Split(%x) {axis=1}  # split\n  %m = ReduceMax(%a) {axes=[1], keepdims=1}  # rmax\n  \
+                    %y = Add(%m, %b)  # add\n  output %y\n}\n";
+        let before = qforge_ir::parse_graph(text).unwrap();
+        let mut g = before.clone();
+        assert_eq!(ensure_opset(&mut g, 19), Ok(Some(13)));
+        let split = g.find_node("split").unwrap();
+        assert_eq!(g.node(split).attr_int("num_outputs"), Some(2));
+        let rmax = g.find_node("rmax").unwrap();
+        assert!(g.node(rmax).attr("axes").is_none());
+        let axes = g.node(rmax).input(1).and_then(|v| g.constant(v)).unwrap();
+        assert_eq!(axes.to_vec::<i64>().unwrap(), vec![1]);
+        qforge_ir::verify(&g).unwrap();
+        // And the same numbers, each version read by the engine.
+        let x = qforge_runtime::random_inputs(&[("x".into(), vec![1, 4, 2], qforge_ir::DataType::F32)], 3);
+        let run = |g: &Graph| {
+            let opts = qforge_runtime::SessionOptions { engine: qforge_runtime::Engine::Tract, ..Default::default() };
+            let s = qforge_runtime::session(&qforge_ir::Model::new(g.clone()), &opts).unwrap();
+            s.run(&x).unwrap()[0].to_f64_vec()
+        };
+        assert_eq!(run(&before), run(&g));
     }
 }

@@ -1,4 +1,4 @@
-//! float32 tensors and ops => float16, with Casts where FP32 must stay (graph I/O, Q/DQ, Resize scales, kept ops).
+//! float32 tensors and ops => float16, with Casts only where FP32 must stay (graph I/O, Resize scales, kept ops, overflow).
 //!
 //! TensorRT 10's strongly typed engines take each layer's precision from
 //! the graph, so an INT8 model whose float parts are FP32 runs them in FP32.
@@ -6,17 +6,18 @@
 //! become float16 (a copy when some reader must keep FP32), outputs of
 //! converted ops become float16, and a Cast is inserted wherever an FP16
 //! value meets a reader that needs FP32 or the other way round. FP32 stays
-//! at the graph inputs and outputs (option), around Q/DQ (their scales and
-//! the quantized tensor are FP32 before opset 19), on Resize/Upsample
-//! scales and roi, and around ops named in `keep_ops`/`keep_names`. A node
-//! whose output type is unknown is kept FP32, and so are its readers, so no
-//! value of unknown type ever crosses between the two precisions.
+//! at the graph inputs and outputs (option), on Resize/Upsample scales and
+//! roi, around ops named in `keep_ops`/`keep_names`, and on ops whose
+//! calibrated output range does not fit FP16 with headroom (`max_fp16`). A
+//! node whose output type is unknown is kept FP32, and so are its readers,
+//! so no value of unknown type ever crosses between the two precisions.
 //!
-//! Q/DQ stay FP32 with a Cast on each side: ONNX Runtime and tract run that,
-//! but TensorRT fuses Q/DQ into FP16 layers only when the scales themselves
-//! are FP16 (opset 19), which this pass does not do yet; the `tensorrt` pass
-//! reports such DequantizeLinear → Cast pairs. For `--int8 --fp16` builds
-//! (the default of the `tensorrt` pass) this pass is not needed.
+//! Q/DQ (`qdq: auto`, the default) go FP16 too, scales included, which
+//! needs opset 19: the opset is raised when every op keeps its meaning (see
+//! [`crate::opset`]), so TensorRT fuses each Q/DQ into its FP16 neighbours
+//! with no Cast between them. Where the opset cannot be raised (or with
+//! `qdq: fp32`) they stay FP32 with a Cast on each side, and the pass says
+//! why.
 
 use std::collections::{HashMap, HashSet};
 
@@ -40,11 +41,16 @@ pub struct ToFp16 {
     pub keep_ops: Vec<String>,
     /// Node names that stay FP32.
     pub keep_names: Vec<String>,
+    /// Q/DQ precision: `auto` (FP16 scales at opset 19 when the opset can
+    /// be raised, else FP32 behind Casts), `fp16` (fail if it cannot), `fp32`.
+    pub qdq: String,
+    /// Ops whose calibrated output range exceeds this stay FP32.
+    pub max_fp16: f32,
 }
 
 impl Default for ToFp16 {
     fn default() -> Self {
-        ToFp16 { keep_io: true, keep_ops: Vec::new(), keep_names: Vec::new() }
+        ToFp16 { keep_io: true, keep_ops: Vec::new(), keep_names: Vec::new(), qdq: "auto".into(), max_fp16: 8192.0 }
     }
 }
 
@@ -53,13 +59,21 @@ impl PassOptions for ToFp16 {
         ("keep_io", "keep graph inputs and outputs FP32, with Casts at the boundary (default true)"),
         ("keep_ops", "op types that stay FP32 (default [])"),
         ("keep_names", "node names that stay FP32 (default [])"),
+        (
+            "qdq",
+            "auto (default: FP16 Q/DQ with FP16 scales at opset 19 when the opset can be raised, else FP32 behind Casts) | fp16 | fp32",
+        ),
+        (
+            "max_fp16",
+            "ops whose calibrated output range |x| exceeds this stay FP32 (default 8192, 8x below the FP16 limit)",
+        ),
     ];
 }
 
 register_pass!(
     "to-fp16",
     ToFp16,
-    "float32 ops and tensors => float16, Casts where FP32 must stay (I/O, Q/DQ, Resize scales)"
+    "float32 ops, tensors and Q/DQ scales => float16, Casts only where FP32 must stay (I/O, Resize scales, overflow)"
 );
 
 /// Ops whose ONNX type constraints have no float16 (they stay FP32).
@@ -79,8 +93,9 @@ fn fp32_slot(g: &Graph, n: NodeId, slot: usize) -> bool {
 }
 
 impl ToFp16 {
-    /// Nodes that compute in FP16.
-    fn converted(&self, g: &Graph) -> HashSet<NodeId> {
+    /// Nodes that compute in FP16: every float op but the kept ones; Q/DQ
+    /// when `qdq16`; never a producer of a value in `overflow`.
+    fn converted(&self, g: &Graph, qdq16: bool, overflow: &HashSet<ValueId>) -> HashSet<NodeId> {
         let mut conv: HashSet<NodeId> = HashSet::new();
         let mut unknown_values: HashSet<ValueId> = HashSet::new();
         for n in g.nodes() {
@@ -92,10 +107,19 @@ impl ToFp16 {
                 unknown_values.extend(outs.iter().copied());
                 continue;
             }
-            let float_out = outs.iter().any(|&v| g.dtype(v) == Some(DataType::F32));
+            let is_q = node.is_op("QuantizeLinear");
+            // A QuantizeLinear computes on its float input, not its int8 output.
+            let float_out = outs.iter().any(|&v| g.dtype(v) == Some(DataType::F32))
+                || (is_q && node.input(0).is_some_and(|v| g.dtype(v) == Some(DataType::F32)));
+            // A QuantizeLinear of an FP32 value (the graph input) stays FP32,
+            // so no Cast sits in front of it; its DequantizeLinear still
+            // yields FP16 through a float16 copy of the scale.
+            let q_reads_fp32 =
+                is_q && node.input(0).is_some_and(|v| g.producer_node(v).is_none_or(|p| !conv.contains(&p)));
             let keep = !matches!(node.domain(), "" | "ai.onnx")
-                || node.is_op("QuantizeLinear")
-                || node.is_op("DequantizeLinear")
+                || (!qdq16 && (is_q || node.is_op("DequantizeLinear")))
+                || q_reads_fp32
+                || outs.iter().any(|v| overflow.contains(v))
                 // Constant nodes keep their FP32 data (fold-constants makes them
                 // initializers, which are converted); readers get a Cast.
                 || node.is_op("Constant")
@@ -142,13 +166,52 @@ impl Pass for ToFp16 {
         Tolerance::Approximate
     }
 
-    fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<PassReport, PassError> {
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
         let mut r = PassReport::default();
-        let conv = self.converted(g);
+        let has_qdq = g.nodes().any(|n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"));
+        let qdq16 = match self.qdq.as_str() {
+            "fp32" => false,
+            _ if !has_qdq => false,
+            "auto" | "fp16" => match crate::opset::ensure_opset(g, 19) {
+                Ok(raised) => {
+                    if let Some(old) = raised {
+                        r.note(format!("opset {old} raised to 19 for float16 Q/DQ scales"));
+                    }
+                    true
+                }
+                Err(e) if self.qdq == "auto" => {
+                    r.note(format!("Q/DQ stay FP32 behind Casts: {e}"));
+                    false
+                }
+                Err(e) => return Err(PassError::msg(format!("qdq: fp16: {e}"))),
+            },
+            other => return Err(PassError::msg(format!("qdq: \"{other}\" is not auto, fp16 or fp32"))),
+        };
+        // Ranges calibration measured: outputs too large for FP16 keep FP32.
+        let mut overflow: HashSet<ValueId> = HashSet::new();
+        if let Some(t) = &cx.calibration {
+            for (&v, range) in &t.tensors {
+                if g.contains_value(v) && range.amax > self.max_fp16 {
+                    overflow.insert(v);
+                    if let Some(p) = g.producer_node(v) {
+                        r.note(format!(
+                            "{} stays FP32: its calibrated range {:.0} exceeds max_fp16 {}",
+                            describe(g, p),
+                            range.amax,
+                            self.max_fp16
+                        ));
+                    }
+                }
+            }
+        }
+        let conv = self.converted(g, qdq16, &overflow);
         let Some(first) = g.nodes().next() else { return Ok(r) };
         // Which side of each float value is FP16: its definition, and each read.
         let values: Vec<ValueId> = g.value_ids().filter(|&v| g.dtype(v) == Some(DataType::F32)).collect();
-        let wants16 = |g: &Graph, n: NodeId, slot: usize| conv.contains(&n) && !fp32_slot(g, n, slot);
+        // Shape and Size read any type: they never need a Cast.
+        let wants16 = |g: &Graph, n: NodeId, slot: usize| {
+            (conv.contains(&n) && !fp32_slot(g, n, slot)) || g.node(n).is_op("Shape") || g.node(n).is_op("Size")
+        };
         let mut casts = 0u64;
         for v in values {
             let uses: Vec<(NodeId, usize)> = g
@@ -234,6 +297,14 @@ impl Pass for ToFp16 {
         }
         for (op, k) in fixed {
             r.count(&format!("{op} retyped"), k);
+        }
+        if qdq16 {
+            r.count(
+                "Q/DQ in fp16",
+                conv.iter()
+                    .filter(|&&n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"))
+                    .count() as u64,
+            );
         }
         r.count("ops in fp16", conv.len() as u64);
         r.count("casts inserted", casts);
