@@ -148,23 +148,32 @@ fn engine_step_without_tensorrt_prints_the_command_or_fails_when_required() {
     let dir = common::tempdir();
     let model = small_qdq_model(dir.path());
     let out = dir.path().join("out.onnx");
-    let run = |build: &str| {
+    let run_for = |build: &str, version: &str| {
         let pipe = dir.path().join("p.yaml");
-        std::fs::write(&pipe, format!("passes:\n  - tensorrt: {{build: {build}}}\n")).unwrap();
+        std::fs::write(&pipe, format!("passes:\n  - tensorrt: {{build: {build}, version: \"{version}\"}}\n")).unwrap();
         common::qforge()
             .args(["run", pipe.to_str().unwrap(), "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
             .env("PATH", "/usr/bin:/bin")
             .output()
             .unwrap()
     };
+    let run = |build: &str| run_for(build, "10");
+    let base = format!("trtexec --onnx={} --saveEngine={}", out.display(), dir.path().join("out.engine").display());
+    // Each TensorRT release gets its own command.
+    for (version, flags) in [("8.6", " --int8 --fp16"), ("11", "")] {
+        let o = run_for("auto", version);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(err.contains(&format!("{base}{flags}\n")), "{version}: {err}");
+        std::fs::remove_file(&out).unwrap();
+    }
     let o = run("auto");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    let cmd = format!(
-        "trtexec --onnx={} --saveEngine={} --int8 --fp16",
-        out.display(),
-        dir.path().join("out.engine").display()
-    );
+    let cmd = format!("{base} --stronglyTyped");
+    // The FP32 rest of this graph would run in FP32 in a strongly typed build: said.
+    let said = format!("{}{err}", String::from_utf8_lossy(&o.stdout));
+    assert!(said.contains("add to-fp16 before tensorrt"), "{said}");
     assert!(err.contains("TensorRT (trtexec) is not installed here") && err.contains(&cmd), "{err}");
     assert!(out.exists());
     common::check_valid(&out, Some(&model));

@@ -231,22 +231,34 @@ impl Pass for SkipSensitive {
         // trials read from upstream of their change (see `partial`).
         let mut cached: Vec<String> = Vec::new();
         for (t, &i) in trials.iter().zip(&short) {
-            for name in partial::boundary(t, &partial::downstream(t, &[layers[i]])) {
+            for name in partial::boundary(t, &partial::region(t, &[layers[i]])) {
                 if !cached.contains(&name) {
                     cached.push(name);
                 }
             }
         }
-        let budget = cache_bytes(g, &cached).map(|b| b * judge.inputs.len());
-        if budget.is_none_or(|b| b > CACHE_BUDGET) {
+        // Their size: from the inferred shapes, or (symbolic dims) measured on one sample.
+        let per_sample = match cache_bytes(g, &cached) {
+            Some(b) => b,
+            None if cached.is_empty() => 0,
+            None => judge::run_all(
+                g,
+                &judge.inputs[..1],
+                cached.clone(),
+                engine,
+                &judge.input_shapes,
+                "skip-sensitive: sizing the cache",
+            )?
+            .first()
+            .map_or(0, |ts| ts.iter().map(HostTensor::byte_len).sum()),
+        };
+        let budget = per_sample * judge.inputs.len();
+        if budget > CACHE_BUDGET {
             r.note(format!(
-                "trials run the whole model: caching the {} values they read would take {}",
+                "trials run the whole model: caching the {} values they read would take {:.0} MB (> {} MB)",
                 cached.len(),
-                budget.map_or("an unknown amount (shapes not inferred)".to_string(), |b| format!(
-                    "{:.0} MB per run (> {} MB)",
-                    b as f64 / 1e6,
-                    CACHE_BUDGET / 1_000_000
-                ))
+                budget as f64 / 1e6,
+                CACHE_BUDGET / 1_000_000
             ));
             cached.clear();
         }

@@ -43,6 +43,29 @@ pub fn downstream(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
     seen
 }
 
+/// What a trial runs: the nodes downstream of `changed`, plus the producers
+/// of any non-float value they would read from outside (shape arithmetic:
+/// an engine such as tract needs a Reshape's target as a constant of the
+/// graph, not as a fed input). Those producers compute what they compute
+/// in the base model, so adding them is always correct.
+pub fn region(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
+    let mut d = downstream(g, changed);
+    loop {
+        let mut added = false;
+        for name in boundary(g, &d) {
+            let Some(v) = g.find_value(&name) else { continue };
+            let shape_like = g.dtype(v).is_some_and(|t| !t.is_float())
+                || g.producer_node(v).is_some_and(|p| g.node(p).is_op("Shape"));
+            if let Some(p) = g.producer_node(v).filter(|_| shape_like) {
+                added |= d.insert(p);
+            }
+        }
+        if !added {
+            return d;
+        }
+    }
+}
+
 /// Non-constant values that nodes of `d` read and no node of `d` produces,
 /// by name, in graph order (the sample input included when `d` reads it).
 pub fn boundary(g: &Graph, d: &BTreeSet<NodeId>) -> Vec<String> {
@@ -102,7 +125,7 @@ impl BaseRun {
 /// `trial` (the base graph with `changed` rewired) cut down to what the
 /// change touches, or `None` when a value it needs is not in `base`.
 fn cut(trial: &Graph, changed: &[NodeId], base: &BaseRun, sample_input: &str) -> Option<(Graph, Vec<Option<usize>>)> {
-    let d = downstream(trial, changed);
+    let d = region(trial, changed);
     let mut c = trial.clone();
     for name in boundary(trial, &d) {
         if name == sample_input {
@@ -266,7 +289,7 @@ mod tests {
                 super::super::to_float(&mut trial, l, &float, false).unwrap();
             }
             for &l in &changed {
-                cached.extend(boundary(&trial, &downstream(&trial, &[l])));
+                cached.extend(boundary(&trial, &region(&trial, &[l])));
             }
             let base = BaseRun::new(&g, &judge, &cached).unwrap();
             let whole = judge.score(&trial, "whole").unwrap();

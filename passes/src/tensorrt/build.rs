@@ -16,8 +16,8 @@ pub struct EngineBuild {
     pub trtexec: Option<PathBuf>,
     /// The engine file (`None`: the ONNX path with `.engine`).
     pub engine: Option<PathBuf>,
-    /// `--stronglyTyped` (TensorRT 10+: precisions from the graph) instead of `--int8 --fp16`.
-    pub strongly_typed: bool,
+    /// The TensorRT release the graph was made for (flags, version check).
+    pub target: super::Target,
     /// `--timingCacheFile`.
     pub timing_cache: Option<PathBuf>,
     /// More `trtexec` arguments.
@@ -57,16 +57,36 @@ fn number_after(line: &str, key: &str) -> Option<f64> {
         .ok()
 }
 
+/// (major, minor) from trtexec's banner, e.g. `[TensorRT v100100]` is 10.1
+/// and `[TensorRT v8601]` is 8.6.
+pub fn parse_trtexec_version(text: &str) -> Option<(u32, u32)> {
+    let i = text.find("TensorRT v")? + "TensorRT v".len();
+    let digits: String = text[i..].chars().take_while(char::is_ascii_digit).collect();
+    let v: u32 = digits.parse().ok()?;
+    // 8.x used MMmp (8601); 10 and later MMmmpp (100100).
+    if digits.len() <= 4 { Some((v / 1000, (v / 100) % 10)) } else { Some((v / 10000, (v / 100) % 100)) }
+}
+
+/// The version of the trtexec at `exe`, when it says.
+fn trtexec_version(exe: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(exe).arg("--version").output().ok()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    parse_trtexec_version(&text)
+}
+
 impl EngineBuild {
     /// The trtexec arguments for `onnx`.
     pub fn args(&self, onnx: &Path) -> Vec<String> {
         let engine = self.engine.clone().unwrap_or_else(|| onnx.with_extension("engine"));
         let mut a = vec![format!("--onnx={}", onnx.display()), format!("--saveEngine={}", engine.display())];
-        if self.strongly_typed {
-            a.push("--stronglyTyped".into());
-        } else {
-            a.push("--int8".into());
-            a.push("--fp16".into());
+        match self.target {
+            super::Target::Trt86 => {
+                a.push("--int8".into());
+                a.push("--fp16".into());
+            }
+            super::Target::Trt10 => a.push("--stronglyTyped".into()),
+            // TensorRT 11 removed the precision flags: every network is strongly typed.
+            super::Target::Trt11 => {}
         }
         if let Some(t) = &self.timing_cache {
             a.push(format!("--timingCacheFile={}", t.display()));
@@ -96,6 +116,18 @@ impl EngineBuild {
             }
             return Ok(BuildOutcome { command: shown, ..Default::default() });
         };
+        if let Some(found) = trtexec_version(&exe)
+            && found.0 != self.target.major()
+        {
+            return Err(format!(
+                "{} is TensorRT {}.{}, but the model was made for TensorRT {} (tensorrt.version); \
+                 set tensorrt.version to match, or point tensorrt.trtexec at that release",
+                exe.display(),
+                found.0,
+                found.1,
+                self.target.major()
+            ));
+        }
         let log = onnx.with_extension("trtexec.log");
         let mut child = Command::new(&exe)
             .args(&args)
@@ -133,6 +165,30 @@ impl EngineBuild {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_trtexec_versions() {
+        assert_eq!(parse_trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec"), Some((8, 6)));
+        assert_eq!(parse_trtexec_version("[TensorRT v100100] # trtexec --version"), Some((10, 1)));
+        assert_eq!(parse_trtexec_version("[TensorRT v110000]"), Some((11, 0)));
+        assert_eq!(parse_trtexec_version("no banner"), None);
+    }
+
+    #[test]
+    fn each_target_gets_its_flags() {
+        let b = |target| EngineBuild {
+            trtexec: None,
+            engine: None,
+            target,
+            timing_cache: None,
+            extra_args: Vec::new(),
+            required: false,
+        };
+        let flags = |t| b(t).args(Path::new("m.onnx"))[2..].to_vec();
+        assert_eq!(flags(super::super::Target::Trt86), ["--int8", "--fp16"]);
+        assert_eq!(flags(super::super::Target::Trt10), ["--stronglyTyped"]);
+        assert!(flags(super::super::Target::Trt11).is_empty());
+    }
 
     #[test]
     fn parses_trtexec_summary_lines() {

@@ -31,6 +31,40 @@ pub enum BuildMode {
     Never,
 }
 
+/// The TensorRT release the model is for: it decides the graph form the
+/// pass expects, the legality rules and the trtexec command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// TensorRT 8.6: implicit precisions; the float rest may be FP32 and the
+    /// build asks for `--int8 --fp16`; ONNX opset at most 17.
+    #[serde(rename = "8.6")]
+    Trt86,
+    /// TensorRT 10: a strongly typed build (`--stronglyTyped`): each layer
+    /// runs in the precision the graph gives it.
+    #[serde(rename = "10")]
+    Trt10,
+    /// TensorRT 11: every network is strongly typed; trtexec has no
+    /// precision flags any more.
+    #[serde(rename = "11")]
+    Trt11,
+}
+
+impl Target {
+    /// The major version, as trtexec reports it.
+    pub fn major(self) -> u32 {
+        match self {
+            Target::Trt86 => 8,
+            Target::Trt10 => 10,
+            Target::Trt11 => 11,
+        }
+    }
+
+    /// Whether the build takes every precision from the graph.
+    pub fn strongly_typed(self) -> bool {
+        self != Target::Trt86
+    }
+}
+
 /// Options of `tensorrt`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,8 +79,10 @@ pub struct TensorRt {
     pub trtexec: Option<PathBuf>,
     /// Engine file (default: the output with `.engine`).
     pub engine: Option<PathBuf>,
-    /// Build with `--stronglyTyped` (TensorRT 10+) instead of `--int8 --fp16`.
-    pub strongly_typed: bool,
+    /// The TensorRT release: `"8.6"`, `"10"` (default) or `"11"`.
+    pub version: Target,
+    /// Deprecated: `true` is `version: "10"`, `false` is `version: "8.6"`.
+    pub strongly_typed: Option<bool>,
     /// `--timingCacheFile` for faster rebuilds.
     pub timing_cache: Option<PathBuf>,
     /// More trtexec arguments.
@@ -63,7 +99,8 @@ impl Default for TensorRt {
             build: BuildMode::Auto,
             trtexec: None,
             engine: None,
-            strongly_typed: false,
+            version: Target::Trt10,
+            strongly_typed: None,
             timing_cache: None,
             extra_args: Vec::new(),
             strict: true,
@@ -78,7 +115,11 @@ impl PassOptions for TensorRt {
         ("build", "engine build: auto (when trtexec is found, default) | required | never"),
         ("trtexec", "path of trtexec (default: search PATH)"),
         ("engine", "engine file (default: the output model with .engine)"),
-        ("strongly_typed", "build with --stronglyTyped (TensorRT 10+) instead of --int8 --fp16 (default false)"),
+        (
+            "version",
+            "TensorRT release: \"8.6\" (FP32 rest, --int8 --fp16, opset <= 17) | \"10\" (default: strongly typed, --stronglyTyped) | \"11\" (strongly typed, no precision flags); checked against trtexec --version when trtexec is here",
+        ),
+        ("strongly_typed", "deprecated: true = version \"10\", false = version \"8.6\""),
         ("timing_cache", "--timingCacheFile for faster rebuilds"),
         ("extra_args", "more trtexec arguments"),
         ("strict", "fail on rule violations (default true)"),
@@ -91,6 +132,17 @@ register_pass!(
     "Q/DQ graph => the same graph checked against TensorRT's explicit-quantization rules, cache and engine build"
 );
 
+impl TensorRt {
+    /// The target, the deprecated `strongly_typed` flag deciding when set.
+    pub fn target(&self) -> Target {
+        match self.strongly_typed {
+            Some(true) if self.version == Target::Trt86 => Target::Trt10,
+            Some(false) => Target::Trt86,
+            _ => self.version,
+        }
+    }
+}
+
 impl Pass for TensorRt {
     fn tolerance(&self) -> Tolerance {
         Tolerance::Approximate
@@ -98,10 +150,31 @@ impl Pass for TensorRt {
 
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
         let mut r = PassReport::default();
-        let fp16 = !self.strongly_typed
-            || g.nodes()
-                .any(|n| g.node(n).outputs().iter().flatten().any(|&v| g.dtype(v) == Some(qforge_ir::DataType::F16)));
-        let l = legality::check(g, fp16);
+        let target = self.target();
+        let has_fp16 = g
+            .nodes()
+            .any(|n| g.node(n).outputs().iter().flatten().any(|&v| g.dtype(v) == Some(qforge_ir::DataType::F16)));
+        let fp16 = !target.strongly_typed() || has_fp16;
+        let mut l = legality::check(g, fp16);
+        let opset = g.opset("").unwrap_or(1);
+        if target == Target::Trt86 {
+            if opset > 17 {
+                l.errors.push(format!("opset {opset}: TensorRT 8.6 parses ONNX opsets up to 17"));
+            }
+            if has_fp16 {
+                l.errors.push(
+                    "the graph computes in float16: TensorRT 8.6 builds precisions itself (--fp16); \
+                     drop to-fp16 or target version 10"
+                        .into(),
+                );
+            }
+        } else if !has_fp16 && g.nodes().any(|n| g.node(n).is_op("QuantizeLinear")) {
+            r.note(format!(
+                "TensorRT {}: a strongly typed build runs every float layer in the graph's precision, here FP32 \
+                 (slower than FP16): add to-fp16 before tensorrt, or target version \"8.6\"",
+                target.major()
+            ));
+        }
         for (p, n) in &l.precisions {
             r.info(&format!("{p} layers"), *n as u64);
         }
@@ -149,7 +222,7 @@ impl Pass for TensorRt {
             cx.engine_build = Some(build::EngineBuild {
                 trtexec: self.trtexec.clone(),
                 engine: self.engine.clone(),
-                strongly_typed: self.strongly_typed,
+                target,
                 timing_cache: self.timing_cache.clone(),
                 extra_args: self.extra_args.clone(),
                 required: self.build == BuildMode::Required,
