@@ -63,7 +63,10 @@ fn agree_py() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/eval/agree.py"));
     if !script.is_file() {
-        skip(&format!("the reference script {} is missing (set QFORGE_AGREE_PY)", script.display()));
+        // The reference lives outside this repository (the team's eval
+        // scripts beside it), so a clean clone in CI may lack it: a plain
+        // SKIP even under CI. Everything this repository ships must be there.
+        eprintln!("\n*** SKIP: the reference script {} is missing (set QFORGE_AGREE_PY) ***\n", script.display());
         return None;
     }
     let ok = Command::new("python3")
