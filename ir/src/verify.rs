@@ -26,6 +26,12 @@
 //!   data type 0"). Unknown types are left undeclared instead.
 //! - `opset`: every node's operator domain (in subgraphs too) has an opset
 //!   import; `onnx.checker` rejects a model without one.
+//! - `attrs`: attributes ONNX calls invalid on the ops detectors use, which
+//!   would otherwise reach an engine (and crash it): Conv/ConvTranspose/pool
+//!   strides, dilations and kernel sizes below 1, negative pads, a `group`
+//!   below 1 or not dividing the weight's channels, a `kernel_shape` that
+//!   disagrees with the weight, Resize/Upsample scales that are not finite
+//!   and positive, and Gather/Concat/Flatten/Softmax axes out of range.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -91,7 +97,85 @@ pub fn check(g: &Graph) -> Vec<Violation> {
     check_qdq(&mut c);
     check_types(&mut c);
     check_opsets(&mut c);
+    check_attrs(&mut c);
     c.out
+}
+
+/// Ops with spatial windows and the attributes that must be at least 1.
+const WINDOWED: &[&str] = &["Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "ConvInteger", "QLinearConv"];
+
+fn check_attrs(c: &mut Checker) {
+    let g = c.g;
+    for n in g.nodes().filter(|&n| g.contains_node(n)) {
+        let node = g.node(n);
+        if !matches!(node.domain(), "" | "ai.onnx") {
+            continue;
+        }
+        let op = node.op_type();
+        let mut bad: Vec<String> = Vec::new();
+        if WINDOWED.contains(&op) {
+            for key in ["strides", "dilations", "kernel_shape"] {
+                if let Some(v) = node.attr_ints(key).filter(|v| v.iter().any(|&x| x < 1)) {
+                    bad.push(format!("{key} {v:?} (each must be at least 1)"));
+                }
+            }
+            if let Some(v) = node.attr_ints("pads").filter(|v| v.iter().any(|&x| x < 0)) {
+                bad.push(format!("pads {v:?} (negative)"));
+            }
+            if let Some(k) = node.attr_int("group").filter(|&k| k < 1) {
+                bad.push(format!("group {k} (must be at least 1)"));
+            }
+            // The weight (input 1 of Conv/ConvTranspose) against the attributes.
+            let weight = if matches!(op, "Conv" | "ConvTranspose") { node.input(1) } else { None };
+            if let Some(dims) = weight.and_then(|w| g.known_dims(w)) {
+                if let Some(k) = node.attr_ints("kernel_shape")
+                    && (dims.len() != k.len() + 2 || dims[2..] != *k)
+                {
+                    bad.push(format!("kernel_shape {k:?} does not match the weight's dims {dims:?}"));
+                }
+                let group = node.attr_int("group").unwrap_or(1);
+                if group >= 1 && dims.len() >= 2 {
+                    // Conv: [M, C/group, k…]; ConvTranspose: [C, M/group, k…].
+                    if dims[0] % group != 0 {
+                        bad.push(format!("group {group} does not divide the weight's {} channels", dims[0]));
+                    } else if op == "Conv"
+                        && let Some(c_in) = node.input(0).and_then(|x| g.known_dims(x)).and_then(|d| d.get(1).copied())
+                        && dims[1] * group != c_in
+                    {
+                        bad.push(format!(
+                            "the weight takes {} channels per group × group {group}, the input has {c_in}",
+                            dims[1]
+                        ));
+                    }
+                }
+            }
+        }
+        if matches!(op, "Resize" | "Upsample") {
+            let slot = if op == "Resize" { 2 } else { 1 };
+            let scales = node.input(slot).and_then(|v| g.constant(v)).and_then(|t| t.to_vec::<f32>().ok());
+            if let Some(s) = scales.filter(|s| s.iter().any(|x| !x.is_finite() || *x <= 0.0)) {
+                bad.push(format!("scales {s:?} (each must be finite and positive)"));
+            }
+        }
+        let axis_of = match op {
+            "Gather" | "Concat" | "Flatten" | "Softmax" | "LogSoftmax" => node.attr_int("axis"),
+            _ => None,
+        };
+        if let Some(axis) = axis_of
+            && let Some(rank) = node.input(0).and_then(|x| g.type_info(x)).and_then(|t| t.shape).map(|s| s.0.len())
+        {
+            let r = rank as i64;
+            // Flatten's axis may equal the rank.
+            let hi = if op == "Flatten" { r } else { r - 1 };
+            if axis < -r || axis > hi {
+                bad.push(format!("axis {axis} is out of range for rank {rank}"));
+            }
+        }
+        for b in bad {
+            let what = c.node_desc(n);
+            c.report("attrs", format!("{what}: {b}"));
+        }
+    }
 }
 
 fn check_slots_and_ssa(c: &mut Checker) {
@@ -478,5 +562,43 @@ fn check_opsets(c: &mut Checker) {
     for (domain, first) in missing {
         let shown = if domain.is_empty() { "the standard domain (\"\")".to_string() } else { format!("\"{domain}\"") };
         c.report("opset", format!("{first} uses operator domain {shown}, which the model does not import"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violations(body: &str) -> Vec<String> {
+        let text = format!("graph g {{\n  opset ai.onnx 13\n  input %x: f32[1,4,8,8]\n{body}\n  output %y\n}}\n");
+        check(&crate::parse_graph(&text).unwrap())
+            .into_iter()
+            .filter(|v| v.rule == "attrs")
+            .map(|v| v.message)
+            .collect()
+    }
+
+    #[test]
+    fn invalid_attributes_are_located_errors() {
+        let w = "  init @w: f32[8,4,3,3] = fill(0.1)\n";
+        assert!(violations(&format!("{w}  %y = Conv(%x, @w) {{kernel_shape=[3,3], pads=[1,1,1,1]}}  # ok")).is_empty());
+        for (body, needle) in [
+            (format!("{w}  %y = Conv(%x, @w) {{strides=[0,0]}}  # c"), "strides [0, 0]"),
+            (format!("{w}  %y = Conv(%x, @w) {{dilations=[1,0]}}  # c"), "dilations"),
+            (format!("{w}  %y = Conv(%x, @w) {{pads=[-1,0,0,0]}}  # c"), "pads"),
+            (format!("{w}  %y = Conv(%x, @w) {{kernel_shape=[5,5]}}  # c"), "kernel_shape [5, 5] does not match"),
+            (format!("{w}  %y = Conv(%x, @w) {{group=3}}  # c"), "group 3 does not divide"),
+            (format!("{w}  %y = Conv(%x, @w) {{group=2}}  # c"), "the input has 4"),
+            (format!("{w}  %y = Conv(%x, @w) {{group=0}}  # c"), "group 0"),
+            ("  %y = MaxPool(%x) {kernel_shape=[0,0]}  # p".to_string(), "kernel_shape [0, 0]"),
+            ("  init @s: f32[4] = [1.0,1.0,0.0,2.0]\n  %y = Resize(%x, _, @s)  # r".to_string(), "scales"),
+            ("  %y = Softmax(%x) {axis=4}  # s".to_string(), "axis 4 is out of range for rank 4"),
+            ("  %y = Flatten(%x) {axis=-5}  # f".to_string(), "axis -5"),
+        ] {
+            let v = violations(&body);
+            assert!(v.iter().any(|m| m.contains(needle)), "{body}: {v:?}");
+            assert!(v.iter().all(|m| m.starts_with("node \"")), "{v:?}");
+        }
+        assert!(violations("  %y = Flatten(%x) {axis=4}  # f").is_empty(), "Flatten's axis may equal the rank");
     }
 }
