@@ -331,6 +331,16 @@ impl Pipeline {
     }
 }
 
+/// `msg` without a leading `line L column C: `.
+fn strip_location(msg: &str) -> &str {
+    let Some(rest) = msg.strip_prefix("line ") else { return msg };
+    let Some((_, rest)) = rest.split_once(" column ") else { return msg };
+    match rest.split_once(": ") {
+        Some((col, tail)) if col.chars().all(|c| c.is_ascii_digit()) => tail,
+        _ => msg,
+    }
+}
+
 fn parse_raw(text: &str, label: &str) -> Result<RawFile, PassError> {
     serde_saphyr::from_str::<RawFile>(text).map_err(|e| {
         let origin = match e.location() {
@@ -344,6 +354,9 @@ fn parse_raw(text: &str, label: &str) -> Result<RawFile, PassError> {
             Some(i) => first[..i].to_string(),
             None => first,
         };
+        // The origin already says file, line and column: drop the library's
+        // own "error: line L column C: " prefix.
+        let first = strip_location(first.strip_prefix("error: ").unwrap_or(&first)).to_string();
         let first = if first.contains("unknown field") {
             format!("{first} (a pipeline has `name`, `about`, `include` and `passes`)")
         } else {
