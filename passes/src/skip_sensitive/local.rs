@@ -43,8 +43,8 @@ pub fn measure(
 ) -> Result<Local, PassError> {
     let mut aug = g.clone();
     let err = |e| PassError::ir("skip-sensitive: local measure", e);
-    let mut fetch: Vec<String> = g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect();
-    let n_outputs = fetch.len();
+    // Only the per-layer sums: the graph outputs come from the base run.
+    let mut fetch: Vec<String> = Vec::new();
     for &l in layers {
         let node = aug.node(l).clone();
         let mut ins = node.inputs().to_vec();
@@ -87,8 +87,7 @@ pub fn measure(
     let runs = run_all(&aug, inputs, fetch, engine, input_shapes, "skip-sensitive: local measure")?;
     let mut noise = vec![0.0f64; layers.len()];
     let mut signal = vec![0.0f64; layers.len()];
-    for mut r in runs {
-        let sums = r.split_off(n_outputs);
+    for sums in runs {
         for (i, pair) in sums.chunks(2).enumerate() {
             let scalar = |t: &HostTensor| t.to_f64_vec().first().copied().unwrap_or(f64::NAN);
             noise[i] += scalar(&pair[0]);
