@@ -185,33 +185,23 @@ fn engine_step_without_tensorrt_prints_the_command_or_fails_when_required() {
     assert!(err.contains(&cmd), "{err}");
 }
 
-#[test]
-fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
-    let Some(model) = common::model("nudenet-320n.onnx") else { return };
-    let Some(photos) = common::photos() else { return };
-    let dir = common::tempdir();
-    let out = dir.path().join("nudenet.int8.onnx");
+/// Runs `pipelines/NAME.yaml` on nudenet with the project's photos; its
+/// stdout and stderr.
+fn nudenet_pipeline(name: &str, model: &Path, photos: &Path, out: &Path, extra: &[&str]) -> String {
     let o = common::qforge()
-        .args(["run", "pipelines/yolo-int8.yaml", "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
-        .args([
-            "--calib",
-            photos.to_str().unwrap(),
-            "--input-shape",
-            "images=1,3,320,320",
-            "--set",
-            "skip-sensitive.samples=16",
-        ])
+        .args(["run", &format!("pipelines/{name}.yaml"), "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(["--calib", photos.to_str().unwrap(), "--input-shape", "images=1,3,320,320"])
+        .args(extra)
         .env("PATH", "/usr/bin:/bin")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(dir.path().join("nudenet.int8.cache").exists());
-    common::check_valid(&out, Some(&model));
-    let m = qforge_ir::load(&out).unwrap();
-    let g = &m.graph;
-    qforge_ir::verify(g).unwrap();
-    assert!(qforge_passes::tensorrt::legality::check(g, true).errors.is_empty());
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    format!("{stdout}{stderr}")
+}
+
+/// Zero points int8 0 on every Q/DQ, per-channel int8 weights on every Conv.
+fn assert_tensorrt_int8(g: &qforge_ir::Graph) {
     for n in g.nodes() {
         let node = g.node(n);
         if node.is_op("QuantizeLinear") || node.is_op("DequantizeLinear") {
@@ -228,7 +218,34 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
             assert!(cout == 1 || scale.numel() as i64 == cout, "{}: per-channel scales", node.name());
         }
     }
-    // tract runs it (the agreement below), ONNX Runtime too.
+}
+
+/// The default pipeline writes the TensorRT 10 strongly typed form (FP16
+/// rest, float16 Q/DQ scales, opset >= 19), valid, legal, run by ONNX
+/// Runtime and by tract, and agreeing with FP32 on the photos.
+#[test]
+fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
+    let Some(model) = common::model("nudenet-320n.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    let dir = common::tempdir();
+    let out = dir.path().join("nudenet.int8.onnx");
+    let stdout = nudenet_pipeline("yolo-int8", &model, &photos, &out, &["--set", "skip-sensitive.samples=16"]);
+    assert!(stdout.contains("--stronglyTyped"), "{stdout}");
+    assert!(!dir.path().join("nudenet.int8.cache").exists(), "no calibration cache for explicit quantization");
+    common::check_valid(&out, Some(&model));
+    let m = qforge_ir::load(&out).unwrap();
+    let g = &m.graph;
+    qforge_ir::verify(g).unwrap();
+    assert!(g.opset("").unwrap() >= 19);
+    assert!(qforge_passes::tensorrt::legality::check(g, true).errors.is_empty());
+    assert_tensorrt_int8(g);
+    let half_scales = g
+        .nodes()
+        .filter(|&n| g.node(n).is_op("DequantizeLinear"))
+        .filter(|&n| g.dtype(g.node(n).input(1).unwrap()) == Some(DataType::F16))
+        .count();
+    assert!(half_scales >= 100, "{half_scales} float16 DQ scales");
+    // tract runs it (the agreement below, through its float16 fixups), ONNX Runtime too.
     if common::python_ort() {
         let r =
             common::ort_compare(&model, &out, &["--input-shape", "1,3,320,320", "--images", photos.to_str().unwrap()]);
@@ -236,8 +253,34 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
     }
     let a = qforge_yolo::agreement(&qforge_ir::load(&model).unwrap(), &m, &photos, 320, qforge_runtime::Engine::Tract)
         .unwrap();
-    eprintln!("nudenet INT8 vs FP32: {a}");
-    assert!(a.map50 >= 0.90, "mAP50 vs FP32 {a}");
+    eprintln!("nudenet INT8 (FP16 rest) vs FP32, tract: {a}");
+    // 29 FP32 detections: one detection ranked differently moves AP by ~0.03,
+    // and float16 rounding of the rest reorders close scores (measured: 0.83
+    // with the FP16 rest where the FP32 rest of the same Q/DQ gives 0.92, at
+    // the same 24 dB SQNR; `bench/results.md` tracks the figures).
+    assert!(a.map50 >= 0.80 && a.sqnr_db >= 22.0, "vs FP32 {a}");
+}
+
+/// `yolo-int8-trt8.yaml` keeps the TensorRT 8.6 form: FP32 rest and scales,
+/// opset <= 17, a calibration cache, `--int8 --fp16`.
+#[test]
+fn yolo_int8_trt8_keeps_the_tensorrt_8_6_form() {
+    let Some(model) = common::model("nudenet-320n.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    let dir = common::tempdir();
+    let out = dir.path().join("nudenet.int8.onnx");
+    let few = ["--set", "calibrate.data.limit=4", "--set", "skip-sensitive.samples=4"];
+    let stdout = nudenet_pipeline("yolo-int8-trt8", &model, &photos, &out, &few);
+    assert!(stdout.contains("--int8 --fp16"), "{stdout}");
+    assert!(dir.path().join("nudenet.int8.cache").exists());
+    common::check_valid(&out, Some(&model));
+    let g = qforge_ir::load(&out).unwrap().graph;
+    assert!(g.opset("").unwrap() <= 17);
+    assert!(qforge_passes::tensorrt::legality::check(&g, false).errors.is_empty());
+    assert_tensorrt_int8(&g);
+    for n in g.nodes().filter(|&n| g.node(n).is_op("DequantizeLinear")) {
+        assert_eq!(g.dtype(g.node(n).input(1).unwrap()), Some(DataType::F32), "{}", g.node(n).name());
+    }
 }
 
 /// The strongly typed form for TensorRT 10: after `to-fp16` the INT8 model

@@ -6,7 +6,9 @@
 //! carries symbolic dims ("Impossible to unify Sym(batch) with Val(1)").
 //! Before that, [`crate::tract_fixups`] spells out the `DequantizeLinear`
 //! nodes tract would fold into a wrong lookup table (`DQ → Softmax → Q`), so
-//! tract computes Q/DQ graphs as ONNX Runtime does.
+//! tract computes Q/DQ graphs as ONNX Runtime does, and gives float16 Q/DQ
+//! scales (TensorRT 10/11 graphs) f32 copies tract accepts, and runs float16
+//! convolutions through f32 kernels.
 
 use std::sync::Arc;
 
@@ -58,7 +60,11 @@ impl TractSession {
         let mut proto = qforge_ir::export(model);
         if fixups {
             let rewrites = crate::tract_fixups::plan(&model.graph);
-            crate::tract_fixups::apply(proto.graph.get_or_insert_with(Default::default), &rewrites)?;
+            let products = crate::tract_fixups::half_products(&model.graph);
+            let graph = proto.graph.get_or_insert_with(Default::default);
+            crate::tract_fixups::apply(graph, &rewrites)?;
+            crate::tract_fixups::widen_half_scales(graph)?;
+            crate::tract_fixups::widen_half_products(graph, &products);
         }
         let bytes = proto.encode_to_vec();
         let plan = contained("preparing the model", || {

@@ -31,6 +31,11 @@
 //!
 //! The decision is made on the qforge graph (uses, constants, op types); the
 //! edit on the exported protobuf, so no weight is copied.
+//!
+//! Two more fixups make float16 graphs (TensorRT 10/11 strongly typed ones,
+//! opset 19) usable in tract: [`widen_half_scales`] gives float16 Q/DQ scales,
+//! which tract 0.23 rejects, f32 copies; [`widen_half_products`] runs float16
+//! convolutions and matrix products through f32, where tract has fast kernels.
 
 use std::collections::HashSet;
 
@@ -50,6 +55,9 @@ pub(crate) struct DequantizeRewrite {
     output: String,
     scale: f32,
     zero_point: i32,
+    /// The scale (so the output) is float16: the float spelling computes in
+    /// f32 and casts the result back.
+    half: bool,
 }
 
 /// Ops whose output element depends only on the same input element (and
@@ -201,7 +209,11 @@ pub(crate) fn plan(g: &Graph) -> Vec<DequantizeRewrite> {
         if is_const(g, x) {
             continue; // folded by tract before any table is made
         }
-        let Some(scale) = scalar(g, node.input(1)).filter(|t| t.dtype() == Some(DataType::F32)) else { continue };
+        let Some(scale) = scalar(g, node.input(1)).filter(|t| matches!(t.dtype(), Some(DataType::F32 | DataType::F16)))
+        else {
+            continue;
+        };
+        let half = scale.dtype() == Some(DataType::F16);
         let Some(scale) = scale.to_f32_vec().ok().and_then(|s| s.first().copied()) else { continue };
         // Tables are only made for 8-bit codes; without a zero point the input
         // type decides (uint8 by default).
@@ -226,6 +238,7 @@ pub(crate) fn plan(g: &Graph) -> Vec<DequantizeRewrite> {
                 output: g.value_name(y).to_string(),
                 scale,
                 zero_point,
+                half,
             });
         }
     }
@@ -309,11 +322,22 @@ pub(crate) fn apply(graph: &mut GraphProto, rewrites: &[DequantizeRewrite]) -> R
         // A rank-0 scale: a [1]-shaped one would turn a scalar input into [1].
         let scale = names.fresh(&format!("{}/tract_scale", r.output));
         graph.initializer.push(f32_scalar(scale.clone(), r.scale));
-        nodes.push(op("Mul", names.fresh(&format!("{base}/tract_mul")), vec![centered, scale], r.output.clone()));
+        if r.half {
+            let product = names.fresh(&format!("{}/tract_product", r.output));
+            nodes.push(op("Mul", names.fresh(&format!("{base}/tract_mul")), vec![centered, scale], product.clone()));
+            let mut back = op("Cast", names.fresh(&format!("{base}/tract_cast_back")), vec![product], r.output.clone());
+            back.attribute.push(attr_int("to", DataType::F16.onnx() as i64));
+            nodes.push(back);
+        } else {
+            nodes.push(op("Mul", names.fresh(&format!("{base}/tract_mul")), vec![centered, scale], r.output.clone()));
+        }
         graph.node.splice(at..=at, nodes);
     }
     Ok(rewrites.len())
 }
+
+mod half;
+pub(crate) use half::{half_products, widen_half_products, widen_half_scales};
 
 #[cfg(test)]
 mod tests;

@@ -100,6 +100,7 @@ graph g {{
         output: "y".into(),
         scale: 0.0371,
         zero_point: zp,
+        half: false,
     }];
     assert_eq!(apply(proto.graph.as_mut().unwrap(), &rewrites).unwrap(), 1);
     let ops: Vec<&str> = proto.graph.as_ref().unwrap().node.iter().map(|n| n.op_type()).collect();
@@ -178,5 +179,118 @@ fn tract_alone_still_bakes_softmax_into_a_table() {
         let right = tract_codes(&text, &x, true);
         let worst = right.iter().zip(&reference).map(|(a, b)| (a - b).abs()).max().unwrap();
         assert!(worst <= 1, "{ty}: tract {right:?} vs spec {reference:?}");
+    }
+}
+
+/// A TensorRT 10/11 style Q/DQ pair: float16 input, scale and output, opset 19.
+const HALF_QDQ: &str = r#"
+graph g {
+  opset ai.onnx 19
+  input %x: f16[4,64]
+  init @s: f16[] = [0.0371]
+  init @z: i8[] = [0]
+  %q = QuantizeLinear(%x, @s, @z)  # q
+  %y = DequantizeLinear(%q, @s, @z)  # dq
+  output %y
+}
+"#;
+
+#[test]
+fn float16_scales_run_in_tract_as_the_spec_says() {
+    let model = Model::new(parse_graph(HALF_QDQ).unwrap());
+    // Without the widening tract refuses the graph outright.
+    let mut proto = qforge_ir::export(&model);
+    let graph = proto.graph.as_mut().unwrap();
+    assert_eq!(super::widen_half_scales(graph).unwrap(), 2);
+    let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type()).collect();
+    assert_eq!(ops, ["Cast", "QuantizeLinear", "DequantizeLinear", "Cast"]);
+    assert_eq!(graph.node.last().unwrap().output, ["y"], "the Cast takes over the output name");
+    assert!(TractSession::build(&model, &SessionOptions::default(), false).is_err(), "tract accepts f16 scales now");
+
+    // Values across the whole int8 range and beyond it (saturation).
+    let xs: Vec<half::f16> = (0..256).map(|i| half::f16::from_f32((i as f32 - 128.0) * 0.0413)).collect();
+    let x = HostTensor { shape: vec![4, 64], data: Data::F16(xs.clone()) };
+    let out = TractSession::new(&model, &SessionOptions::default()).unwrap().run(std::slice::from_ref(&x)).unwrap();
+    let Data::F16(y) = &out[0].data else { panic!("float16 output expected, got {:?}", out[0].data) };
+    let scale = half::f16::from_f32(0.0371).to_f32();
+    for (i, (xi, yi)) in xs.iter().zip(y).enumerate() {
+        let q = (xi.to_f32() / scale).round_ties_even().clamp(-128.0, 127.0);
+        let expected = half::f16::from_f32(q * scale);
+        assert_eq!(yi.to_bits(), expected.to_bits(), "#{i}: x {xi} gave {yi}, spec {expected}");
+    }
+}
+
+#[test]
+fn float16_softmax_tables_are_spelled_out_too() {
+    // The DFL pattern DQ → Softmax → Q in a strongly typed graph.
+    let text = chain_graph("i8", 0, 0, 1.0 / 127.0, SOFTMAX)
+        .replace("opset ai.onnx 13", "opset ai.onnx 19")
+        .replace("f32", "f16");
+    let plans = plan(&parse_graph(&text).unwrap());
+    assert_eq!(plans.iter().map(|r| r.output.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert!(plans[0].half);
+    let x = crate::random_inputs(&[("x".into(), vec![1, 16, 2, 3], DataType::F32)], 5).remove(0);
+    let reference =
+        softmax_codes(&dequantized_input(&x, 0.05, 0, -128, 127), &[1, 16, 2, 3], 1.0 / 127.0, 0, -128, 127);
+    let x16 = HostTensor {
+        shape: x.shape.clone(),
+        data: Data::F16(x.as_f32().unwrap().iter().map(|&v| half::f16::from_f32(v)).collect()),
+    };
+    let right = tract_codes(&text, &x16, true);
+    // float16 arithmetic moves values near a rounding edge by one code at most.
+    let worst = right.iter().zip(&reference).map(|(a, b)| (a - b).abs()).max().unwrap();
+    assert!(worst <= 1, "tract {right:?} vs spec {reference:?}");
+    assert!(right.iter().any(|&q| q != 127), "the table bug is back: {right:?}");
+}
+
+#[test]
+fn float16_convolutions_run_through_f32_and_round_once() {
+    let text = r#"
+graph g {
+  opset ai.onnx 19
+  input %x: f16[1,4,5,5]
+  init @w: f16[3,4,3,3] = rand(7)
+  init @b: f16[3] = rand(8)
+  %y = Conv(%x, @w, @b) {pads=[1,1,1,1]}  # conv
+  output %y
+}
+"#;
+    let g = parse_graph(text).unwrap();
+    let planned = super::half_products(&g);
+    assert_eq!(planned.iter().collect::<Vec<_>>(), ["y"]);
+    let mut proto = qforge_ir::export(&Model::new(g.clone()));
+    let graph = proto.graph.as_mut().unwrap();
+    assert_eq!(super::widen_half_products(graph, &planned), 1);
+    let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type()).collect();
+    assert_eq!(ops, ["Cast", "Cast", "Cast", "Conv", "Cast"]);
+    assert_eq!(graph.node.last().unwrap().output, ["y"]);
+
+    let x = crate::random_inputs(&[("x".into(), vec![1, 4, 5, 5], DataType::F16)], 3).remove(0);
+    let model = Model::new(g.clone());
+    let out = TractSession::new(&model, &SessionOptions::default()).unwrap().run(std::slice::from_ref(&x)).unwrap();
+    let Data::F16(y) = &out[0].data else { panic!("float16 output expected") };
+    // The convolution in f64 on the same float16 operands, rounded to float16 once.
+    let f = |v: qforge_ir::ValueId| g.constant(v).unwrap().to_f32_vec().unwrap();
+    let node = g.node(g.nodes().next().unwrap());
+    let (w, b) = (f(node.input(1).unwrap()), f(node.input(2).unwrap()));
+    let xs: Vec<f64> = x.to_f64_vec();
+    for o in 0..3 {
+        for i in 0..5i64 {
+            for j in 0..5i64 {
+                let mut acc = b[o] as f64;
+                for c in 0..4 {
+                    for (di, dj) in (0..3).flat_map(|a| (0..3).map(move |b| (a, b))) {
+                        let (si, sj) = (i + di - 1, j + dj - 1);
+                        if (0..5).contains(&si) && (0..5).contains(&sj) {
+                            let xv = xs[(c * 25 + si * 5 + sj) as usize];
+                            acc += xv * w[o * 36 + c as usize * 9 + (di * 3 + dj) as usize] as f64;
+                        }
+                    }
+                }
+                let got = y[o * 25 + (i * 5 + j) as usize].to_f64();
+                let ulp = half::f16::from_f64(acc).to_f64().abs().max(1e-3) * 2f64.powi(-10);
+                assert!((got - acc).abs() <= ulp, "y[{o},{i},{j}] = {got}, exact {acc}");
+            }
+        }
     }
 }
