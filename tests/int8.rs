@@ -231,6 +231,8 @@ fn yolo_int8_on_nudenet_runs_everywhere_and_agrees_with_fp32() {
     let out = dir.path().join("nudenet.int8.onnx");
     let stdout = nudenet_pipeline("yolo-int8", &model, &photos, &out, &["--set", "skip-sensitive.samples=16"]);
     assert!(stdout.contains("--stronglyTyped"), "{stdout}");
+    // The fusion prediction runs on every TensorRT pipeline.
+    assert!(stdout.contains("layers with INT8 output"), "{stdout}");
     assert!(!dir.path().join("nudenet.int8.cache").exists(), "no calibration cache for explicit quantization");
     common::check_valid(&out, Some(&model));
     let m = qforge_ir::load(&out).unwrap();

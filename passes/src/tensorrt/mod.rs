@@ -8,6 +8,7 @@
 //! ([`build::EngineBuild`]).
 
 pub mod build;
+pub mod fusion;
 pub mod legality;
 
 use std::path::PathBuf;
@@ -89,6 +90,10 @@ pub struct TensorRt {
     pub extra_args: Vec<String>,
     /// Fail on rule violations (false: report them and go on).
     pub strict: bool,
+    /// Also fail on Q/DQ the fusion prediction says TensorRT will not fuse.
+    pub strict_fusion: bool,
+    /// Write the per-layer fusion prediction here (relative: beside the output).
+    pub fusion_report: Option<PathBuf>,
 }
 
 impl Default for TensorRt {
@@ -104,6 +109,8 @@ impl Default for TensorRt {
             timing_cache: None,
             extra_args: Vec::new(),
             strict: true,
+            strict_fusion: false,
+            fusion_report: None,
         }
     }
 }
@@ -123,6 +130,14 @@ impl PassOptions for TensorRt {
         ("timing_cache", "--timingCacheFile for faster rebuilds"),
         ("extra_args", "more trtexec arguments"),
         ("strict", "fail on rule violations (default true)"),
+        (
+            "strict_fusion",
+            "also fail when the fusion prediction finds Q/DQ TensorRT will not fuse or a forced INT8/float reformat (default false: report them)",
+        ),
+        (
+            "fusion_report",
+            "write the per-layer fusion prediction (INT8 output, fused epilogue, findings with the guide's rule) to this file, relative paths beside the output",
+        ),
     ];
 }
 
@@ -195,6 +210,37 @@ impl Pass for TensorRt {
             for w in l.warnings.iter().take(5) {
                 r.note(w.clone());
             }
+        }
+        let fusion = fusion::predict(g);
+        let int8_out = fusion.layers.iter().filter(|l| l.output == fusion::Output::Int8).count();
+        r.info("layers with INT8 output", int8_out as u64);
+        r.info("unfused Q/DQ or reformats", fusion.findings.len() as u64);
+        for f in fusion.findings.iter().take(5) {
+            r.note(format!("fusion: {f}"));
+        }
+        if fusion.findings.len() > 5 {
+            r.note(format!(
+                "fusion: … {} finding(s) in all{}",
+                fusion.findings.len(),
+                if self.fusion_report.is_none() { " (tensorrt.fusion_report: FILE lists them)" } else { "" }
+            ));
+        }
+        if let Some(path) = &self.fusion_report {
+            let path = match (&cx.output_path, path.is_relative()) {
+                (Some(out), true) => out.parent().unwrap_or(std::path::Path::new(".")).join(path),
+                _ => path.clone(),
+            };
+            write_atomic(&path, &fusion.to_text()).map_err(PassError::msg)?;
+            r.note(format!("wrote {}", path.display()));
+        }
+        if self.strict_fusion && !fusion.findings.is_empty() {
+            let shown: Vec<String> = fusion.findings.iter().take(3).map(|f| f.to_string()).collect();
+            return Err(PassError::msg(format!(
+                "strict_fusion: {} Q/DQ TensorRT will not fuse or reformat(s): {}{}",
+                fusion.findings.len(),
+                shown.join("; "),
+                if fusion.findings.len() > 3 { "; …" } else { "" }
+            )));
         }
         if !l.errors.is_empty() {
             if self.strict {
