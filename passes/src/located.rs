@@ -68,11 +68,6 @@ struct TextMap {
 }
 
 impl OptionSpans {
-    /// Positions for options with no file behind them: every lookup gives `at`.
-    pub fn unlocated(at: Origin) -> OptionSpans {
-        OptionSpans { file: at.file.clone(), at, entries: BTreeMap::new() }
-    }
-
     /// Where the option at `pointer` (`""` = all of them, `/rules/0`) was
     /// written, or the pass entry when unknown.
     pub fn origin(&self, pointer: &str) -> Origin {
