@@ -95,19 +95,24 @@ impl OptionSpans {
     /// Records `node` (written at `at`) and everything under it.
     fn collect(&mut self, pointer: String, at: Location, node: &Located, lines: &[&str]) {
         let (line, column) = (at.line(), at.column());
-        let text = matches!(node.value, Value::String(_)).then(|| text_map(lines, line, column));
+        let text = matches!(node, Located::Scalar(Value::String(_))).then(|| text_map(lines, line, column));
         self.entries.insert(pointer.clone(), Entry { line, column, text });
-        for (key, at, child) in &node.children {
+        let mut child = |key: &str, at: Location, node: &Located| {
             let escaped = key.replace('~', "~0").replace('/', "~1");
-            self.collect(format!("{pointer}/{escaped}"), *at, child, lines);
+            self.collect(format!("{pointer}/{escaped}"), at, node, lines);
+        };
+        match node {
+            Located::Scalar(_) => {}
+            Located::Seq(items) => items.iter().enumerate().for_each(|(i, (at, n))| child(&i.to_string(), *at, n)),
+            Located::Map(entries) => entries.iter().for_each(|(k, at, n)| child(k, *at, n)),
         }
     }
 }
 
 /// How a string scalar written at `line`, `column` maps to the file. The
-/// position is where its text starts: after the quote of a quoted string,
-/// at the first content line of a block scalar, which has nothing but
-/// indentation before it.
+/// position is its opening quote for a quoted string, and the start of the
+/// first content line for a block scalar, which has nothing but indentation
+/// before it.
 fn text_map(lines: &[&str], line: u64, column: u64) -> TextMap {
     let src = lines.get(line.saturating_sub(1) as usize).copied().unwrap_or("");
     let before: String = src.chars().take(column.saturating_sub(1) as usize).collect();
@@ -118,7 +123,7 @@ fn text_map(lines: &[&str], line: u64, column: u64) -> TextMap {
     }
 }
 
-/// The options of one pass entry with their positions.
+/// A pipeline file being loaded.
 pub(crate) struct Source<'a> {
     /// The file name, for origins.
     pub label: &'a str,
@@ -138,19 +143,34 @@ impl Source<'_> {
     }
 }
 
-/// A YAML value as JSON, with the position of each child.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Located {
-    /// The value, exactly as `serde_json::Value` would read it.
-    pub value: Value,
-    /// Map entries (key) or sequence items (index), with where each was written.
-    pub children: Vec<(String, Location, Located)>,
+/// A YAML value with the position of each child.
+#[derive(Debug, Clone)]
+pub(crate) enum Located {
+    /// A scalar, as JSON.
+    Scalar(Value),
+    /// Items with where each was written.
+    Seq(Vec<(Location, Located)>),
+    /// Entries (in order, a repeated key keeps its last value) with where each value was written.
+    Map(Vec<(String, Location, Located)>),
 }
 
 impl Located {
+    /// The value, exactly as `serde_json::Value` would read it.
+    pub(crate) fn to_value(&self) -> Value {
+        match self {
+            Located::Scalar(v) => v.clone(),
+            Located::Seq(items) => Value::Array(items.iter().map(|i| i.1.to_value()).collect()),
+            Located::Map(entries) => Value::Object(entries.iter().map(|e| (e.0.clone(), e.2.to_value())).collect()),
+        }
+    }
+
     /// The child under `key` (a map key, or a sequence index as text).
     pub(crate) fn child(&self, key: &str) -> Option<(Location, &Located)> {
-        self.children.iter().find(|c| c.0 == key).map(|c| (c.1, &c.2))
+        match self {
+            Located::Scalar(_) => None,
+            Located::Seq(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)).map(|i| (i.0, &i.1)),
+            Located::Map(entries) => entries.iter().find(|e| e.0 == key).map(|e| (e.1, &e.2)),
+        }
     }
 }
 
@@ -162,10 +182,6 @@ impl<'de> Deserialize<'de> for Located {
 
 struct LocatedVisitor;
 
-fn leaf(value: Value) -> Located {
-    Located { value, children: Vec::new() }
-}
-
 impl<'de> Visitor<'de> for LocatedVisitor {
     type Value = Located;
 
@@ -173,49 +189,47 @@ impl<'de> Visitor<'de> for LocatedVisitor {
         f.write_str("any YAML value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Located, E> {
-        Ok(leaf(Value::Bool(v)))
+        Ok(Located::Scalar(Value::Bool(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Located, E> {
-        Ok(leaf(Value::Number(v.into())))
+        Ok(Located::Scalar(Value::Number(v.into())))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Located, E> {
-        Ok(leaf(Value::Number(v.into())))
+        Ok(Located::Scalar(Value::Number(v.into())))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Located, E> {
-        Ok(leaf(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)))
+        Ok(Located::Scalar(serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Located, E> {
-        Ok(leaf(Value::String(v.to_string())))
+        Ok(Located::Scalar(Value::String(v.to_string())))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<Located, E> {
-        Ok(leaf(Value::String(v)))
+        Ok(Located::Scalar(Value::String(v)))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Located, E> {
-        Ok(leaf(Value::Null))
+        Ok(Located::Scalar(Value::Null))
     }
     fn visit_none<E: de::Error>(self) -> Result<Located, E> {
-        Ok(leaf(Value::Null))
+        Ok(Located::Scalar(Value::Null))
     }
     fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Located, D::Error> {
         Located::deserialize(d)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Located, A::Error> {
-        let (mut items, mut children) = (Vec::new(), Vec::new());
+        let mut items = Vec::new();
         while let Some(item) = seq.next_element::<Spanned<Located>>()? {
-            items.push(item.value.value.clone());
-            children.push((children.len().to_string(), item.referenced, item.value));
+            items.push((item.referenced, item.value));
         }
-        Ok(Located { value: Value::Array(items), children })
+        Ok(Located::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Located, A::Error> {
-        let (mut obj, mut children) = (serde_json::Map::new(), Vec::new());
+        let mut entries: Vec<(String, Location, Located)> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let v: Spanned<Located> = map.next_value()?;
-            obj.insert(key.clone(), v.value.value.clone());
-            children.retain(|c: &(String, Location, Located)| c.0 != key);
-            children.push((key, v.referenced, v.value));
+            entries.retain(|e| e.0 != key);
+            entries.push((key, v.referenced, v.value));
         }
-        Ok(Located { value: Value::Object(obj), children })
+        Ok(Located::Map(entries))
     }
 }
 
@@ -237,6 +251,18 @@ passes:
 ";
 
     #[test]
+    fn located_values_read_as_plain_json_values_do() {
+        let yaml = "a: &x {b: [1, 2.5, true, null, ~, 'q', -3]}\nc: *x\nd: 1.5e3\ne: [[], {}]\nf: |\n  text\n";
+        let located: Located = serde_saphyr::from_str(yaml).unwrap();
+        let plain: Value = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(located.to_value(), plain);
+        assert_eq!(
+            located.child("c").and_then(|c| c.1.child("b")).and_then(|b| b.1.child("6")).map(|x| x.1.to_value()),
+            Some(Value::from(-3))
+        );
+    }
+
+    #[test]
     fn positions_of_nested_options_and_lines_of_block_text() {
         #[derive(Deserialize)]
         struct Raw {
@@ -245,7 +271,7 @@ passes:
         let raw: Raw = serde_saphyr::from_str(YAML).unwrap();
         let entry = &raw.passes[0];
         let json: Value = serde_saphyr::from_str::<serde_json::Map<String, Value>>(YAML).unwrap()["passes"][0].clone();
-        assert_eq!(entry.value.value, json, "the located value reads as plain JSON does");
+        assert_eq!(entry.value.to_value(), json, "the located value reads as plain JSON does");
         let src = Source { label: "p.yaml", text: YAML };
         let at = Origin { file: "p.yaml".into(), line: 2, column: 5 };
         let spans = src.spans(&at, entry.value.child("rewrite"));

@@ -146,7 +146,7 @@ fn pass_step(v: &Value, origin: &Origin, src: &Source, located: Option<&Located>
 }
 
 fn step(located: &Located, origin: Origin, src: &Source) -> Result<Step, PassError> {
-    let v = &located.value;
+    let v = &located.to_value();
     let (name, options) = entry(v, &origin)?;
     if name != FIXED_POINT {
         return pass_step(v, &origin, src, Some(located)).map(Step::Pass);
