@@ -34,7 +34,7 @@ pub use external::check_location;
 pub use files::{regular_file, writable_file};
 pub use graph::{Graph, InsertAt, NewNode, Node, NodeId, Use, UseSlot, Value, ValueDef, ValueId};
 pub use model::{ExportOptions, Model, export, import, import_bytes, load, save};
-pub use parser::parse_graph;
+pub use parser::{Fragment, FreeValue, parse_fragment, parse_graph};
 pub use printer::{PrintOptions, print_graph};
 pub use shape::{Dim, Shape, TypeInfo};
 pub use tensor::{Element, Tensor};

@@ -5,6 +5,12 @@
 //!
 //! Subgraph attributes and elided tensors (`<N values, …>`) cannot be parsed:
 //! they print for reading, not for round-tripping through text.
+//!
+//! [`parse_fragment`] reads node lines alone, as YAML rewrite rules write
+//! them: a value read before any line defines it is a free value of the
+//! fragment (a rule's pattern input), not an error. An attribute written
+//! `name=$var` is a reference (ONNX's `ref_attr_name`, which function bodies
+//! use the same way): in a rule, a variable bound by the pattern.
 
 use crate::attr::{attr_float, attr_floats, attr_int, attr_ints, attr_string, attr_tensor};
 use crate::dtype::DataType;
@@ -55,6 +61,50 @@ pub fn parse_graph(text: &str) -> Result<Graph, IrError> {
     Ok(g)
 }
 
+/// Node lines without the `graph NAME { … }` around them (see the module doc).
+#[derive(Debug, Clone)]
+pub struct Fragment {
+    /// The nodes, in order. Each free value is a graph input of unknown
+    /// type, in order of first use.
+    pub graph: Graph,
+    /// The free values, in order of first use.
+    pub free: Vec<FreeValue>,
+    /// The 1-based line of each node, in node order.
+    pub lines: Vec<usize>,
+}
+
+/// A value a fragment reads without defining it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeValue {
+    /// The graph input standing for it.
+    pub value: ValueId,
+    /// How it is written: `'%'` (any value) or `'@'` (an initializer).
+    pub sigil: char,
+    /// 1-based line of its first use.
+    pub line: usize,
+    /// 1-based column of its first use.
+    pub column: usize,
+}
+
+/// Parses node lines (blank lines and lines starting with `#` or `//` are
+/// skipped); values read before being defined become free values.
+pub fn parse_fragment(text: &str) -> Result<Fragment, IrError> {
+    let mut g = Graph::new("fragment", 13);
+    g.opset_import.clear();
+    let mut free = Vec::new();
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut c = Cursor { s: line, pos: 0, line: i + 1 };
+        c.ws();
+        if c.done() || c.peek_str("//") || (c.peek() == Some('#')) {
+            continue;
+        }
+        node(&mut g, &mut c, Some(&mut free))?;
+        lines.push(i + 1);
+    }
+    Ok(Fragment { graph: g, free, lines })
+}
+
 fn statement(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
     let save = c.pos;
     let word: String = c.s[c.pos..].chars().take_while(|ch| ch.is_ascii_alphanumeric()).collect();
@@ -89,6 +139,7 @@ fn statement(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
             };
             c.expect('=')?;
             let t = c.tensor_data(dt, &dims)?;
+            c.ws();
             let as_input = c.peek_str("(input)");
             if as_input {
                 c.pos += "(input)".len();
@@ -120,12 +171,13 @@ fn statement(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
         }
         _ => {
             c.pos = save;
-            node(g, c)
+            node(g, c, None)
         }
     }
 }
 
-fn node(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
+/// One node line; with `free`, undefined inputs become free values.
+fn node(g: &mut Graph, c: &mut Cursor, mut free: Option<&mut Vec<FreeValue>>) -> Result<(), IrError> {
     // Outputs, if any, end with `=`.
     let mut outs: Vec<Option<(usize, String)>> = Vec::new();
     if matches!(c.peek(), Some('%' | '@' | '_')) {
@@ -163,11 +215,29 @@ fn node(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
                 inputs.push(None);
             } else {
                 let col = c.pos;
-                let (_, name) = c.value_name()?;
-                let v = g.find_value(&name).ok_or_else(|| {
-                    c.pos = col;
-                    c.err(format!("\"{name}\" is not defined before this line"))
-                })?;
+                let (sigil, name) = c.value_name()?;
+                let v = match (g.find_value(&name), free.as_deref_mut()) {
+                    (Some(v), Some(free)) => {
+                        if let Some(f) = free.iter().find(|f| f.value == v && f.sigil != sigil) {
+                            c.pos = col;
+                            return Err(c.err(format!(
+                                "\"{name}\" was first written {}{name} (line {}); one value, one sigil",
+                                f.sigil, f.line
+                            )));
+                        }
+                        v
+                    }
+                    (Some(v), None) => v,
+                    (None, Some(free)) => {
+                        let v = g.add_input(&name, &TypeInfo::default()).map_err(|e| c.err(e.to_string()))?;
+                        free.push(FreeValue { value: v, sigil, line: c.line, column: c.s[..col].chars().count() + 1 });
+                        v
+                    }
+                    (None, None) => {
+                        c.pos = col;
+                        return Err(c.err(format!("\"{name}\" is not defined before this line")));
+                    }
+                };
                 inputs.push(Some(v));
             }
             c.ws();
@@ -235,8 +305,15 @@ fn node(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
         let v = match o {
             None => None,
             Some((col, name)) => {
-                if g.find_value(&name).is_some() {
+                if let Some(v) = g.find_value(&name) {
                     c.pos = col;
+                    if let Some(f) = free.as_deref().and_then(|f| f.iter().find(|f| f.value == v)) {
+                        return Err(c.err(if f.line == c.line {
+                            format!("\"{name}\" is read by the line that defines it")
+                        } else {
+                            format!("\"{name}\" is read on line {} before this line defines it", f.line)
+                        }));
+                    }
                     return Err(c.err(format!("\"{name}\" is already defined")));
                 }
                 Some(g.new_value(name, ValueDef::Node(n, slot)))
@@ -513,6 +590,10 @@ impl Cursor<'_> {
     }
     fn attr(&mut self, name: &str) -> Result<AttributeProto, IrError> {
         self.ws();
+        if self.eat('$') {
+            let var = self.name()?;
+            return Ok(AttributeProto { name: Some(name.to_string()), ref_attr_name: Some(var), ..Default::default() });
+        }
         if self.peek_str("ints[]") {
             self.pos += 6;
             return Ok(attr_ints(name, &[]));
@@ -629,6 +710,7 @@ impl SplitMix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printer::PrintOptions;
 
     const SMALL: &str = r#"
 graph g {
@@ -657,6 +739,39 @@ graph g {
         let e = parse_graph("graph g {\n  %y = Relu(%nope)\n}\n").unwrap_err().to_string();
         assert!(e.starts_with("line 2, column 13"), "{e}");
         assert!(e.contains("\"nope\" is not defined"), "{e}");
+    }
+
+    #[test]
+    fn fragments_have_free_values_and_attribute_variables() {
+        let f = parse_fragment("  %t = Transpose(%x) {perm=$p}\n\n  # comment\n  %y = Add(%t, @b)\n").unwrap();
+        assert_eq!(f.lines, vec![1, 4]);
+        let free: Vec<(&str, char, usize, usize)> =
+            f.free.iter().map(|v| (f.graph.value_name(v.value), v.sigil, v.line, v.column)).collect();
+        assert_eq!(free, vec![("x", '%', 1, 18), ("b", '@', 4, 16)]);
+        let t = f.graph.nodes().next().unwrap();
+        assert_eq!(f.graph.node(t).attr("perm").and_then(|a| a.ref_attr_name.as_deref()), Some("p"));
+        assert!(f.graph.node_line(t, &PrintOptions::default()).ends_with("{perm=$p}"));
+        // A name is read before its line defines it, or written with two sigils.
+        let e = parse_fragment("%y = Relu(%a)\n%a = Relu(%x)\n").unwrap_err().to_string();
+        assert!(e.starts_with("line 2, column 1") && e.contains("read on line 1 before"), "{e}");
+        let e = parse_fragment("%y = Add(%w, @w)\n").unwrap_err().to_string();
+        assert!(e.contains("first written %w"), "{e}");
+    }
+
+    #[test]
+    fn attribute_references_round_trip_through_graphs() {
+        let t = "graph g {\n  opset ai.onnx 13\n  input %x: f32[2]\n  %y = LeakyRelu(%x) {alpha=$a}\n  output %y\n}\n";
+        let printed = parse_graph(t).unwrap().to_string();
+        assert!(printed.contains("  %y = LeakyRelu(%x) {alpha=$a}\n"), "{printed}");
+        assert_eq!(parse_graph(&printed).unwrap().to_string(), printed);
+    }
+
+    #[test]
+    fn overridable_initializers_round_trip() {
+        let t = "graph g {\n  init @c: f32[2] = [1.0,2.0] (input)\n  output @c\n}\n";
+        let g = parse_graph(t).unwrap();
+        assert!(g.is_graph_input(g.find_value("c").unwrap()));
+        assert_eq!(parse_graph(&g.to_string()).unwrap().to_string(), g.to_string());
     }
 
     #[test]

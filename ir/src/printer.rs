@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `%` marks graph inputs and computed tensors, `@` initializers; `_` is an
-//! omitted optional input; `# name` is the node name. Names outside
+//! omitted optional input; `# name` is the node name; `attr=$var` is a
+//! reference to a variable (`ref_attr_name`). Names outside
 //! `[A-Za-z0-9_./-]` are quoted. [`crate::parse_graph`] reads this form back.
 
 use std::fmt::{self, Write};
@@ -103,6 +104,9 @@ fn tensor_type(t: &Tensor) -> String {
 }
 
 fn attr_value(a: &AttributeProto, max: usize) -> String {
+    if let Some(var) = a.ref_attr_name.as_deref().filter(|r| !r.is_empty()) {
+        return format!("${}", quote_name(var));
+    }
     let list = |items: Vec<String>| format!("[{}]", items.join(","));
     match a.kind() {
         AttributeType::Int => a.i().to_string(),

@@ -18,6 +18,7 @@ pub mod builtin;
 pub mod calibrate;
 mod context;
 pub mod insert_qdq;
+mod located;
 mod manager;
 pub mod metric;
 mod numerics;
@@ -31,6 +32,7 @@ pub mod tensorrt;
 pub mod util;
 
 pub use context::{PassContext, PassError, PassReport, Tolerance};
+pub use located::{OptionCheck, OptionSpans};
 pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, PassRun, PrintAfter, RunReport};
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};

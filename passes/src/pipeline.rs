@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Every entry remembers where it was written, so an unknown pass or option
-//! is reported as `file:line:column` with the nearest valid name.
+//! is reported as `file:line:column` with the nearest valid name. Options
+//! that are source text of their own (rewrite rules) are checked here too,
+//! with the position of every option (see [`crate::located`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use crate::context::PassError;
+use crate::located::{Located, Source, check_options};
 use crate::registry::{all_passes, find_pass, suggest};
 
 /// Where a pipeline entry (or override) came from.
@@ -93,7 +96,7 @@ struct RawFile {
     #[serde(default)]
     include: Vec<Spanned<String>>,
     #[serde(default)]
-    passes: Vec<Spanned<Value>>,
+    passes: Vec<Spanned<Located>>,
 }
 
 const FIXED_POINT: &str = "fixed-point";
@@ -131,19 +134,22 @@ fn entry(v: &Value, origin: &Origin) -> Result<(String, Value), PassError> {
     }
 }
 
-fn pass_step(v: &Value, origin: &Origin) -> Result<PassStep, PassError> {
+/// One pass entry; `located` is the same entry with positions, when it has them.
+fn pass_step(v: &Value, origin: &Origin, src: &Source, located: Option<&Located>) -> Result<PassStep, PassError> {
     let (name, options) = entry(v, origin)?;
     if name == FIXED_POINT {
         return Err(pipeline_err(origin.clone(), "fixed-point groups cannot be nested"));
     }
     check_pass_name(&name, origin)?;
+    check_options(&name, &options, &src.spans(origin, located.and_then(|l| l.child(&name))))?;
     Ok(PassStep { name, options, origin: origin.clone() })
 }
 
-fn step(v: &Value, origin: Origin) -> Result<Step, PassError> {
+fn step(located: &Located, origin: Origin, src: &Source) -> Result<Step, PassError> {
+    let v = &located.to_value();
     let (name, options) = entry(v, &origin)?;
     if name != FIXED_POINT {
-        return pass_step(v, &origin).map(Step::Pass);
+        return pass_step(v, &origin, src, Some(located)).map(Step::Pass);
     }
     let obj = options
         .as_object()
@@ -162,12 +168,14 @@ fn step(v: &Value, origin: Origin) -> Result<Step, PassError> {
             return Err(pipeline_err(origin, format!("max_iterations must be a positive integer, got `{other}`")));
         }
     };
+    let group = located.child(FIXED_POINT).and_then(|(_, g)| g.child("passes"));
     let passes = obj
         .get("passes")
         .and_then(Value::as_array)
         .ok_or_else(|| pipeline_err(origin.clone(), "fixed-point needs a `passes: [...]` list"))?
         .iter()
-        .map(|p| pass_step(p, &origin))
+        .enumerate()
+        .map(|(i, p)| pass_step(p, &origin, src, group.and_then(|(_, g)| g.child(&i.to_string())).map(|c| c.1)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Step::FixedPoint { max_iterations, passes, origin })
 }
@@ -237,8 +245,9 @@ impl Pipeline {
             let o = origin_of(&label, &inc.referenced);
             self.load_into(&base.join(&inc.value), stack, Some(o), loads)?;
         }
+        let src = Source { label: &label, text: &text };
         for e in &raw.passes {
-            self.steps.push(step(&e.value, origin_of(&label, &e.referenced))?);
+            self.steps.push(step(&e.value, origin_of(&label, &e.referenced), &src)?);
         }
         stack.pop();
         Ok(())
@@ -251,10 +260,11 @@ impl Pipeline {
         if let Some(inc) = raw.include.first() {
             return Err(pipeline_err(origin_of(label, &inc.referenced), "include needs a pipeline loaded from a file"));
         }
+        let src = Source { label, text };
         let steps = raw
             .passes
             .iter()
-            .map(|e| step(&e.value, origin_of(label, &e.referenced)))
+            .map(|e| step(&e.value, origin_of(label, &e.referenced), &src))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pipeline { name: raw.name.unwrap_or_default(), about: raw.about.unwrap_or_default(), steps })
     }

@@ -8,6 +8,7 @@ pub mod fold_constants;
 pub mod infer_shapes;
 pub mod load_calibration;
 pub mod resize_to_conv_transpose;
+pub mod rewrite;
 pub mod to_fp16;
 pub mod topo_sort;
 
