@@ -94,6 +94,37 @@ fn insert_qdq_placement_and_shared_scales() {
     }
 }
 
+/// `residual: fusable`: TensorRT fuses the residual Add into conv2 when
+/// conv2's output stays unquantized (guide: Q/DQ placement, residual
+/// connections), so only the residual input `cat` gets a pair; the fusion
+/// prediction agrees. The default (`both`) is the snapshot above, where the
+/// prediction flags the pair.
+#[test]
+fn residual_fusable_leaves_the_conv_side_of_the_add_unquantized() {
+    use qforge_passes::tensorrt::fusion::{Rule, predict};
+    let dir = common::tempdir();
+    random_npy(dir.path(), 4, &[1, 3, 8, 8]);
+    let run = |residual: &str| {
+        let yaml = format!(
+            "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {:?}}}}}\n  - insert-qdq: {{exclude_tail: false, residual: {residual}}}\n",
+            dir.path().to_str().unwrap()
+        );
+        let mut g = parse_graph(SMALL).unwrap();
+        run_pipeline(&mut g, &yaml).unwrap();
+        qforge_ir::verify(&g).unwrap();
+        g
+    };
+    let g = run("fusable");
+    assert!(g.find_value("c2_scale").is_none(), "conv2 writes the Add's fused input");
+    let add = g.find_node("residual").unwrap();
+    assert!(g.producer_node(g.node(add).input(1).unwrap()).is_some_and(|p| g.node(p).is_op("DequantizeLinear")));
+    let fusion = predict(&g);
+    assert!(fusion.findings.iter().all(|f| f.rule != Rule::ResidualQdq), "{:?}", fusion.findings);
+    assert_eq!(fusion.layers.iter().find(|l| l.layer == "conv2").unwrap().epilogue, ["Add"]);
+    let both = predict(&run("both"));
+    assert!(both.findings.iter().any(|f| f.rule == Rule::ResidualQdq && f.node == "conv2"), "{:?}", both.findings);
+}
+
 fn tensorrt_error(text: &str) -> String {
     qforge_passes::builtin::link();
     let mut g = parse_graph(text).unwrap();

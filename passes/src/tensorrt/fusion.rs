@@ -192,7 +192,7 @@ fn sole_add(g: &Graph, v: ValueId) -> Option<NodeId> {
 
 /// Follows the epilogue TensorRT fuses after a layer writing `v`; returns
 /// the tensor the fused kernel writes and the fused op types.
-fn epilogue(g: &Graph, mut v: ValueId) -> (ValueId, Vec<String>) {
+pub(crate) fn epilogue(g: &Graph, mut v: ValueId) -> (ValueId, Vec<String>) {
     let mut ops = Vec::new();
     for _ in 0..8 {
         let users = g.users(v);
