@@ -48,27 +48,29 @@ pub enum Tolerance {
     Approximate,
 }
 
-/// What a pass did: named counters (in the order first touched) and notes.
+/// What a pass did: named counters (in the order first touched) and notes,
+/// for the statistics table and the run report.
+///
+/// Whether the graph changed is not reported here: the pass manager reads
+/// it from the graph's mutation counter ([`qforge_ir::Graph::generation`]),
+/// so fixed-point groups and `--check-numerics` cannot be misled by a
+/// forgotten or a spurious counter.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PassReport {
     /// Counters such as `("folded", 57)`.
     pub counters: Vec<(String, u64)>,
     /// Human-readable remarks, e.g. why a candidate was left alone.
     pub notes: Vec<String>,
-    /// Whether the graph changed (drives fixed-point groups and re-checks).
-    pub changed: bool,
 }
 
 impl PassReport {
-    /// Adds `n` to a counter of changes; a non-zero `n` marks the graph changed.
+    /// Adds `n` to a counter of changes made (e.g. "folded").
     pub fn count(&mut self, key: &str, n: u64) {
-        if n > 0 {
-            self.changed = true;
-        }
         self.bump(key, n);
     }
 
-    /// Adds `n` to a counter that does not mean a change (e.g. "skipped").
+    /// Adds `n` to a counter of what was seen rather than changed (e.g.
+    /// "skipped"); shown the same way, kept apart for the reader of the code.
     pub fn info(&mut self, key: &str, n: u64) {
         self.bump(key, n);
     }
@@ -96,7 +98,6 @@ impl PassReport {
             self.bump(k, *v);
         }
         self.notes.extend(other.notes.iter().cloned());
-        self.changed |= other.changed;
     }
 }
 

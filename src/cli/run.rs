@@ -241,7 +241,7 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> 
                 "verify_seconds": p.verify_time.as_secs_f64(),
                 "nodes_before": p.nodes_before,
                 "nodes_after": p.nodes_after,
-                "changed": p.report.changed,
+                "changed": p.changed,
                 "counters": p.report.counters.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 "notes": p.report.notes,
                 "max_rel_err": p.numerics.as_ref().map(|n| n.1),
