@@ -30,7 +30,7 @@ pub mod skip_sensitive;
 pub mod tensorrt;
 pub mod util;
 
-pub use context::{PassContext, PassError, PassReport, Tolerance};
+pub use context::{AfterSave, Extensions, PassContext, PassError, PassReport, Tolerance};
 pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, PassRun, PrintAfter, RunReport};
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};

@@ -210,16 +210,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(path) = &a.report {
         write_report(path, &report, &a, model.repairs())?;
     }
-    if let Some(build) = &cx.engine_build {
-        let out = build.run(&a.output, a.quiet).map_err(anyhow::Error::msg)?;
-        if out.built && !a.quiet {
-            println!(
-                "engine built: {} (throughput {} qps, mean latency {} ms)",
-                out.command,
-                out.throughput_qps.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into()),
-                out.latency_mean_ms.map(|x| format!("{x:.3}")).unwrap_or_else(|| "?".into())
-            );
-        }
+    // Work passes left for the written file (e.g. a backend's engine build).
+    for hook in std::mem::take(&mut cx.after_save) {
+        hook.run(&a.output)?;
     }
     if !a.quiet {
         println!("{report}");

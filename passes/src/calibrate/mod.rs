@@ -434,8 +434,8 @@ impl Pass for Calibrate {
             write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
             r.note(format!("wrote {}", p.display()));
         }
-        cx.calibration = Some(table);
-        cx.calibration_data = Some(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
+        cx.ext.insert(table);
+        cx.ext.insert(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
         Ok(r)
     }
 }
