@@ -235,6 +235,16 @@ pub enum PassError {
         /// The engine's error.
         source: RuntimeError,
     },
+    /// Two passes, or two metrics, are registered under one name.
+    #[error("{kind} `{name}` is registered more than once, by {}; names must be unique (rename one)", modules.join(" and by "))]
+    DuplicateName {
+        /// `pass` or `metric`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The modules that registered it (`module_path!()`), sorted.
+        modules: Vec<String>,
+    },
     /// An IR error inside a pass.
     #[error("{context}: {source}")]
     Ir {

@@ -35,7 +35,7 @@ pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, Pas
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};
 pub use pipeline::{Origin, PassStep, Pipeline, Step};
-pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, find_pass, suggest};
+pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, check_registrations, find_pass, suggest};
 
 #[doc(hidden)]
 pub use inventory;
@@ -69,6 +69,7 @@ macro_rules! register_pass {
         $crate::inventory::submit! {
             $crate::PassInfo {
                 name: $name,
+                module: module_path!(),
                 about: $about,
                 create: |v| $crate::PassInfo::instantiate::<$ty>(v),
                 defaults: || $crate::PassInfo::default_options::<$ty>(),

@@ -14,6 +14,8 @@ pub type Outputs = [Vec<HostTensor>];
 pub struct MetricInfo {
     /// Name used in pipelines (`metric: sqnr`).
     pub name: &'static str,
+    /// The module that registered it (`module_path!()`).
+    pub module: &'static str,
     /// One line: what it measures and its unit.
     pub about: &'static str,
     /// Score of `test` against `reference`; higher is better.
@@ -27,7 +29,7 @@ inventory::collect!(MetricInfo);
 macro_rules! register_metric {
     ($name:literal, $f:path, $about:literal) => {
         $crate::inventory::submit! {
-            $crate::MetricInfo { name: $name, about: $about, score: $f }
+            $crate::MetricInfo { name: $name, module: module_path!(), about: $about, score: $f }
         }
     };
 }

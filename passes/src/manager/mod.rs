@@ -18,7 +18,7 @@ use crate::Pass;
 use crate::context::{PassContext, PassError, PassReport, Tolerance};
 use crate::numerics::NumericsOptions;
 use crate::pipeline::{Origin, PassStep, Pipeline, Step};
-use crate::registry::find_pass;
+use crate::registry::unique_pass;
 
 use checks::Checker;
 
@@ -161,10 +161,12 @@ impl PassManager {
     /// YAML line (or `--set`) that wrote them.
     pub fn new(pipeline: &Pipeline, opts: ManagerOptions) -> Result<PassManager, PassError> {
         let inst = |s: &PassStep| -> Result<Instance, PassError> {
-            let info = find_pass(&s.name).ok_or_else(|| PassError::Pipeline {
-                origin: s.origin.clone(),
-                message: format!("unknown pass `{}`", s.name),
-            })?;
+            let info = unique_pass(&s.name)
+                .map_err(|e| PassError::Pipeline { origin: s.origin.clone(), message: e.to_string() })?
+                .ok_or_else(|| PassError::Pipeline {
+                    origin: s.origin.clone(),
+                    message: format!("unknown pass `{}`", s.name),
+                })?;
             let pass = (info.create)(&s.options).map_err(|m| PassError::Pipeline {
                 origin: s.origin.clone(),
                 message: format!("pass `{}`: {m}", s.name),

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::pipeline::Origin;
+use crate::registry::find_pass;
 
 const CONV_BN: &str = "graph g {
   opset ai.onnx 13
