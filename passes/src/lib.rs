@@ -8,9 +8,17 @@
 //! after each pass, IR dumps, bisecting, fixed-point groups, numeric checks),
 //! so a pass only rewrites and reports what it did.
 //!
+//! Passes keep state for later passes in the context by type
+//! ([`PassContext::ext`]) and leave work that needs the written file as
+//! [`AfterSave`] hooks, so the framework names no pass.
+//!
 //! Plugins are ordinary crates that depend on this one and call
-//! `register_pass!`; the final binary must reference them (`use plugin as _;`)
-//! or the linker drops their registrations.
+//! `register_pass!` / `register_metric!`. The linker keeps those
+//! registrations only if the final binary refers to the plugin crate: the
+//! `qforge` binary does through the plugin's entry point
+//! (`qforge::cli::main_with(&[my_plugin::register])`, see the
+//! `qforge-plugin` crate). Two registrations of one name are an error
+//! ([`check_registrations`]).
 
 #![deny(missing_docs)]
 

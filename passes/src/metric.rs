@@ -2,8 +2,8 @@
 //! quantized model's outputs against the float model's, higher is better.
 //!
 //! Metrics are registered like passes (`register_metric!`), so a plugin can
-//! bring a task-aware one (qforge-yolo's `yolo-map50`: detection agreement)
-//! and pipelines select it by name.
+//! bring a task-aware one (e.g. detection agreement for a detector) and
+//! pipelines select it by name.
 
 use qforge_runtime::HostTensor;
 

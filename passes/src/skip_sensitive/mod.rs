@@ -45,7 +45,7 @@ use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, re
 pub struct SkipSensitive {
     /// At most this many layers go back to float.
     pub top_k: usize,
-    /// The quality metric (a registered name: `sqnr`, `cosine`, plugin metrics such as `yolo-map50`).
+    /// The quality metric: a registered name (`sqnr`, `cosine`, or one a plugin registers; `qforge passes` lists them).
     pub metric: String,
     /// Stop once the metric reaches this value.
     pub target: Option<f64>,
@@ -93,7 +93,7 @@ impl PassOptions for SkipSensitive {
         ("top_k", "at most this many layers go back to float (default 3)"),
         (
             "metric",
-            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (yolo-map50); near-ties broken by SQNR",
+            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (`qforge passes` lists them); near-ties broken by SQNR",
         ),
         ("target", "stop once the metric reaches this value (default none)"),
         ("samples", "samples the model is judged on (default 8)"),
