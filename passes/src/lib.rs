@@ -43,7 +43,9 @@ pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, Pas
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};
 pub use pipeline::{Origin, PassStep, Pipeline, Step};
-pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, check_registrations, find_pass, suggest};
+pub use registry::{
+    CalibOverrides, OptionDoc, PassInfo, PassOptions, all_passes, check_registrations, find_pass, suggest,
+};
 
 #[doc(hidden)]
 pub use inventory;
@@ -82,6 +84,7 @@ macro_rules! register_pass {
                 create: |v| $crate::PassInfo::instantiate::<$ty>(v),
                 defaults: || $crate::PassInfo::default_options::<$ty>(),
                 docs: <$ty as $crate::PassOptions>::DOCS,
+                calib: <$ty as $crate::PassOptions>::CALIB,
             }
         }
     };

@@ -17,7 +17,16 @@ pub type OptionDoc = (&'static str, &'static str);
 pub trait PassOptions: Pass + Default + Serialize + DeserializeOwned + 'static {
     /// `(option, description)` for every field.
     const DOCS: &'static [OptionDoc] = &[];
+
+    /// For a pass that reads a data set: the option overrides that point it
+    /// at PATH when the user runs `qforge run --calib PATH` (`--set` syntax
+    /// without the pass name, e.g. `data.images="photos/"`), so the command
+    /// line names no pass.
+    const CALIB: Option<CalibOverrides> = None;
 }
+
+/// See [`PassOptions::CALIB`].
+pub type CalibOverrides = fn(&std::path::Path) -> Vec<String>;
 
 /// A registered pass.
 pub struct PassInfo {
@@ -34,6 +43,8 @@ pub struct PassInfo {
     pub defaults: fn() -> serde_json::Value,
     /// Option descriptions.
     pub docs: &'static [OptionDoc],
+    /// What `qforge run --calib PATH` sets ([`PassOptions::CALIB`]).
+    pub calib: Option<CalibOverrides>,
 }
 
 inventory::collect!(PassInfo);
