@@ -99,8 +99,11 @@ impl fmt::Debug for Extensions {
 pub struct AfterSave {
     /// What it does, for errors (`tensorrt: engine build`).
     pub what: String,
-    hook: Box<dyn FnOnce(&Path) -> Result<(), String> + Send + Sync>,
+    hook: Hook,
 }
+
+/// The work of an [`AfterSave`], on the written model's path.
+type Hook = Box<dyn FnOnce(&Path) -> Result<(), String> + Send + Sync>;
 
 impl AfterSave {
     /// Work described by `what`, to run on the written model's path.

@@ -39,10 +39,13 @@ pub struct Plugin {
     commands: Vec<Subcommand>,
 }
 
+/// Runs a subcommand on its parsed arguments.
+type RunFn = Box<dyn Fn(&clap::ArgMatches) -> anyhow::Result<()>>;
+
 /// A subcommand a plugin added.
 pub struct Subcommand {
     command: clap::Command,
-    run: Box<dyn Fn(&clap::ArgMatches) -> anyhow::Result<()>>,
+    run: RunFn,
     /// Where the plugin added it (`file:line`), to tell two apart.
     at: String,
 }

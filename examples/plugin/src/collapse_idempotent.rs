@@ -31,7 +31,7 @@ impl PassOptions for CollapseIdempotent {
         &[("ops", "ops to collapse, any of Relu, Abs, Ceil, Floor, Round, Sign (default [Relu])")];
 }
 
-register_pass!("collapse-idempotent", CollapseIdempotent, "%y = F(F(%x)) => %y = F(%x) for idempotent F (Relu, Abs, …)");
+register_pass!("collapse-idempotent", CollapseIdempotent, "%y = F(F(%x)) => %y = F(%x), F idempotent (Relu, …)");
 
 impl Pass for CollapseIdempotent {
     fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<PassReport, PassError> {

@@ -15,9 +15,5 @@ pub use collapse_idempotent::CollapseIdempotent;
 
 /// The plugin's entry point.
 pub fn register(q: &mut qforge::cli::Plugin) {
-    q.subcommand(
-        "idempotent-chains",
-        "List the F(F(x)) chains that collapse-idempotent would collapse",
-        chains::run,
-    );
+    q.subcommand("idempotent-chains", "List the F(F(x)) chains that collapse-idempotent would collapse", chains::run);
 }
