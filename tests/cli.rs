@@ -273,3 +273,46 @@ fn passes_inspect_and_diff() {
     assert!(r.stdout.contains("- bn (BatchNormalization)"), "{}", r.stdout);
     assert!(r.stdout.contains("interface: unchanged"), "{}", r.stdout);
 }
+
+/// The default binary links qforge-yolo like any plugin: its metric and its
+/// `agree` subcommand, which scores a candidate against its FP32 model.
+#[test]
+fn the_default_binary_links_the_yolo_plugin() {
+    let r = qforge(&["passes"]);
+    assert!(r.stdout.contains("yolo-map50"), "{}", r.stdout);
+    let r = qforge(&["--help"]);
+    assert!(r.stdout.contains("agree ") && r.stdout.contains("Detection agreement"), "{}", r.stdout);
+    let r = qforge(&["agree", "a.onnx"]);
+    assert_eq!(r.code, 2, "a usage error: {}", r.stderr);
+    assert!(r.stderr.contains("--images"), "{}", r.stderr);
+    let (Some(model), Some(photos)) = (common::model("nudenet-320n.onnx"), common::photos()) else { return };
+    let dir = common::tempdir();
+    std::fs::copy(photos.join("bus.jpg"), dir.path().join("bus.jpg")).unwrap();
+    let m = s(&model);
+    let r = qforge(&["agree", m, m, "--images", s(dir.path()), "--size", "320", "--engine", "tract", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(j["images"], 4, "one photo, 4 views: {j}");
+    assert_eq!(
+        (j["recall"].as_f64(), j["precision"].as_f64()),
+        (Some(1.0), Some(1.0)),
+        "the model agrees with itself: {j}"
+    );
+    let r = qforge(&["agree", m, m, "--images", "/nonexistent/photos", "--size", "320", "--engine", "tract"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.starts_with("error: ") && r.stderr.contains("/nonexistent/photos"), "{}", r.stderr);
+}
+
+/// `--calib` goes to the passes that say they read a data set; a pipeline
+/// without one is told so.
+#[test]
+fn calib_without_a_pass_that_reads_data() {
+    let dir = common::tempdir();
+    let out = dir.path().join("out.onnx");
+    let r = qforge(&["run", "fold", "-i", s(&rich()), "-o", s(&out), "--calib", s(dir.path())]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("--calib: no pass of pipeline `fold` reads a data set"), "{}", r.stderr);
+    assert!(!out.exists());
+    let r = qforge(&["passes", "calibrate"]);
+    assert!(r.stdout.contains("takes `qforge run --calib PATH`"), "{}", r.stdout);
+}

@@ -156,7 +156,9 @@ impl TypeInfo {
     /// but only when the result has an element type (this type's, or the one
     /// `slot` already holds): a tensor type without one is invalid ONNX, and
     /// ONNX Runtime refuses the whole model ("Invalid tensor data type 0").
-    /// Returns whether anything was written.
+    /// Returns whether `slot` changed (writing what it already says is no
+    /// change, so [`Graph::set_type`](crate::Graph::set_type) only counts
+    /// real ones as mutations).
     pub fn write_into(&self, slot: &mut Option<TypeProto>) -> bool {
         let has_elem = match slot.as_ref().and_then(|t| t.value.as_ref()) {
             Some(type_proto::Value::TensorType(t)) => defined_elem_type(t.elem_type).is_some(),
@@ -165,8 +167,9 @@ impl TypeInfo {
         if self.dtype.is_none() && !has_elem {
             return false;
         }
+        let before = slot.clone();
         self.write_proto(slot.get_or_insert_with(Default::default));
-        true
+        *slot != before
     }
 
     /// A new `TypeProto` of this type. Without a known element type the

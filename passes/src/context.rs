@@ -1,13 +1,21 @@
 //! What a pass receives besides the graph, what it returns, and its errors.
+//!
+//! The context is generic on purpose: it holds the run's settings, a typed
+//! map in which passes leave state for later passes ([`Extensions`], one
+//! value per type, so a new pass with state edits no framework code), and
+//! the work that needs the written model file ([`AfterSave`]), which the
+//! caller that writes the model runs once the file exists.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use qforge_ir::IrError;
 use qforge_runtime::RuntimeError;
 
 /// Shared state of one pipeline run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PassContext {
     /// Folder of the input model (relative paths in options resolve here
     /// when they do not exist relative to the working directory).
@@ -23,20 +31,100 @@ pub struct PassContext {
     pub engine: qforge_runtime::Engine,
     /// Seed of everything random.
     pub seed: u64,
-    /// Activation and weight ranges from `calibrate` / `load-calibration`.
-    pub calibration: Option<crate::calibrate::table::CalibrationTable>,
-    /// The samples `calibrate` used, its held-out split and the float
-    /// outputs it saw, for analyses that need real data later in the
-    /// pipeline (`skip-sensitive`).
-    pub calibration_data: Option<crate::calibrate::CalibrationData>,
-    /// The graph as it was before `insert-qdq`, the float reference of
-    /// quantization analyses. A clone: ids that existed when it was made
-    /// resolve to the same nodes and values in both graphs; ids created
-    /// later in either are unknown (`try_node` is `None`) in the other.
-    pub float_graph: Option<qforge_ir::Graph>,
-    /// The engine build the `tensorrt` pass asked for, run by whoever saves
-    /// the model (the CLI) once the ONNX file exists.
-    pub engine_build: Option<crate::tensorrt::build::EngineBuild>,
+    /// State passes keep for later passes, by type (e.g. a calibration
+    /// table one pass measures and another consumes).
+    pub ext: Extensions,
+    /// Work to do on the written model file, in the order it was added.
+    pub after_save: Vec<AfterSave>,
+}
+
+/// A map from a type to one value of it: the state passes hand to later
+/// passes. The type is the key, so two passes agree on an entry by naming
+/// the same type, and a plugin's state cannot collide with a built-in's.
+#[derive(Default)]
+pub struct Extensions {
+    map: HashMap<TypeId, Entry>,
+}
+
+struct Entry {
+    value: Box<dyn Any + Send + Sync>,
+    type_name: &'static str,
+}
+
+impl Extensions {
+    /// Stores `value`, returning the previous value of its type.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) -> Option<T> {
+        let entry = Entry { value: Box::new(value), type_name: std::any::type_name::<T>() };
+        self.map.insert(TypeId::of::<T>(), entry).and_then(|old| old.value.downcast().ok().map(|b| *b))
+    }
+
+    /// The value of type `T`, if one was stored.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>()).and_then(|e| e.value.downcast_ref())
+    }
+
+    /// The value of type `T`, mutably.
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        self.map.get_mut(&TypeId::of::<T>()).and_then(|e| e.value.downcast_mut())
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn take<T: Any>(&mut self) -> Option<T> {
+        self.map.remove(&TypeId::of::<T>()).and_then(|e| e.value.downcast().ok().map(|b| *b))
+    }
+
+    /// Whether a value of type `T` is stored.
+    pub fn contains<T: Any>(&self) -> bool {
+        self.map.contains_key(&TypeId::of::<T>())
+    }
+
+    /// The type names of the stored values, sorted (for diagnostics).
+    pub fn type_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.map.values().map(|e| e.type_name).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.type_names()).finish()
+    }
+}
+
+/// Work a pass leaves for after the model is written, because it needs the
+/// file (an engine build, an upload): whoever writes the model (the CLI)
+/// runs these in order once the atomic write succeeded, and writes nothing
+/// more if one fails.
+pub struct AfterSave {
+    /// What it does, for errors (`tensorrt: engine build`).
+    pub what: String,
+    hook: Hook,
+}
+
+/// The work of an [`AfterSave`], on the written model's path.
+type Hook = Box<dyn FnOnce(&Path) -> Result<(), String> + Send + Sync>;
+
+impl AfterSave {
+    /// Work described by `what`, to run on the written model's path.
+    pub fn new(
+        what: impl Into<String>,
+        hook: impl FnOnce(&Path) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        AfterSave { what: what.into(), hook: Box::new(hook) }
+    }
+
+    /// Runs it on `model`, the written file; the error says what failed.
+    pub fn run(self, model: &Path) -> Result<(), PassError> {
+        let what = self.what;
+        (self.hook)(model).map_err(|message| PassError::Failed { pass: what, message })
+    }
+}
+
+impl fmt::Debug for AfterSave {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfterSave").field("what", &self.what).finish_non_exhaustive()
+    }
 }
 
 /// How close a pass's output must be numerically to its input.
@@ -48,27 +136,29 @@ pub enum Tolerance {
     Approximate,
 }
 
-/// What a pass did: named counters (in the order first touched) and notes.
+/// What a pass did: named counters (in the order first touched) and notes,
+/// for the statistics table and the run report.
+///
+/// Whether the graph changed is not reported here: the pass manager reads
+/// it from the graph's mutation counter ([`qforge_ir::Graph::generation`]),
+/// so fixed-point groups and `--check-numerics` cannot be misled by a
+/// forgotten or a spurious counter.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PassReport {
     /// Counters such as `("folded", 57)`.
     pub counters: Vec<(String, u64)>,
     /// Human-readable remarks, e.g. why a candidate was left alone.
     pub notes: Vec<String>,
-    /// Whether the graph changed (drives fixed-point groups and re-checks).
-    pub changed: bool,
 }
 
 impl PassReport {
-    /// Adds `n` to a counter of changes; a non-zero `n` marks the graph changed.
+    /// Adds `n` to a counter of changes made (e.g. "folded").
     pub fn count(&mut self, key: &str, n: u64) {
-        if n > 0 {
-            self.changed = true;
-        }
         self.bump(key, n);
     }
 
-    /// Adds `n` to a counter that does not mean a change (e.g. "skipped").
+    /// Adds `n` to a counter of what was seen rather than changed (e.g.
+    /// "skipped"); shown the same way, kept apart for the reader of the code.
     pub fn info(&mut self, key: &str, n: u64) {
         self.bump(key, n);
     }
@@ -96,7 +186,6 @@ impl PassReport {
             self.bump(k, *v);
         }
         self.notes.extend(other.notes.iter().cloned());
-        self.changed |= other.changed;
     }
 }
 
@@ -149,6 +238,16 @@ pub enum PassError {
         /// The engine's error.
         source: RuntimeError,
     },
+    /// Two passes, or two metrics, are registered under one name.
+    #[error("{kind} `{name}` is registered more than once, by {}; names must be unique (rename one)", modules.join(" and by "))]
+    DuplicateName {
+        /// `pass` or `metric`.
+        kind: &'static str,
+        /// The name.
+        name: String,
+        /// The modules that registered it (`module_path!()`), sorted.
+        modules: Vec<String>,
+    },
     /// An IR error inside a pass.
     #[error("{context}: {source}")]
     Ir {
@@ -178,5 +277,40 @@ impl PassError {
             PassError::Ir { context, source } => PassError::Ir { context: format!("{name}: {context}"), source },
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Table(u32);
+    #[derive(Debug, PartialEq)]
+    struct Other(&'static str);
+
+    #[test]
+    fn extensions_are_keyed_by_type() {
+        let mut x = Extensions::default();
+        assert!(x.get::<Table>().is_none() && !x.contains::<Table>());
+        assert_eq!(x.insert(Table(1)), None);
+        assert_eq!(x.insert(Other("a")), None);
+        assert_eq!(x.insert(Table(2)), Some(Table(1)), "one value per type; the old one comes back");
+        x.get_mut::<Table>().expect("stored").0 += 1;
+        assert_eq!(x.get::<Table>(), Some(&Table(3)));
+        assert_eq!(x.get::<Other>(), Some(&Other("a")));
+        assert_eq!(format!("{x:?}").matches("Table").count(), 1, "{x:?}");
+        assert_eq!(x.take::<Table>(), Some(Table(3)));
+        assert!(x.get::<Table>().is_none() && x.contains::<Other>());
+    }
+
+    #[test]
+    fn after_save_errors_say_what_failed() {
+        let ok =
+            AfterSave::new("noop", |p: &Path| if p.ends_with("m.onnx") { Ok(()) } else { Err("wrong file".into()) });
+        ok.run(Path::new("out/m.onnx")).expect("runs on the given path");
+        let bad = AfterSave::new("tool: upload", |_: &Path| Err("no network".to_string()));
+        assert_eq!(format!("{bad:?}"), "AfterSave { what: \"tool: upload\", .. }");
+        assert_eq!(bad.run(Path::new("m.onnx")).unwrap_err().to_string(), "tool: upload: no network");
     }
 }

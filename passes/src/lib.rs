@@ -8,9 +8,17 @@
 //! after each pass, IR dumps, bisecting, fixed-point groups, numeric checks),
 //! so a pass only rewrites and reports what it did.
 //!
+//! Passes keep state for later passes in the context by type
+//! ([`PassContext::ext`]) and leave work that needs the written file as
+//! [`AfterSave`] hooks, so the framework names no pass.
+//!
 //! Plugins are ordinary crates that depend on this one and call
-//! `register_pass!`; the final binary must reference them (`use plugin as _;`)
-//! or the linker drops their registrations.
+//! `register_pass!` / `register_metric!`. The linker keeps those
+//! registrations only if the final binary refers to the plugin crate: the
+//! `qforge` binary does through the plugin's entry point
+//! (`qforge::cli::main_with(&[my_plugin::register])`, see the
+//! `qforge-plugin` crate). Two registrations of one name are an error
+//! ([`check_registrations`]).
 
 #![deny(missing_docs)]
 
@@ -31,13 +39,15 @@ pub mod skip_sensitive;
 pub mod tensorrt;
 pub mod util;
 
-pub use context::{PassContext, PassError, PassReport, Tolerance};
+pub use context::{AfterSave, Extensions, PassContext, PassError, PassReport, Tolerance};
 pub use located::{OptionCheck, OptionSpans};
 pub use manager::{ManagerOptions, NumericCheck, NumericsReport, PassManager, PassRun, PrintAfter, RunReport};
 pub use metric::{MetricInfo, all_metrics, find_metric};
 pub use numerics::{NumericsOptions, compare_outputs};
 pub use pipeline::{Origin, PassStep, Pipeline, Step};
-pub use registry::{OptionDoc, PassInfo, PassOptions, all_passes, find_pass, suggest};
+pub use registry::{
+    CalibOverrides, OptionDoc, PassInfo, PassOptions, all_passes, check_registrations, find_pass, suggest,
+};
 
 #[doc(hidden)]
 pub use inventory;
@@ -71,10 +81,12 @@ macro_rules! register_pass {
         $crate::inventory::submit! {
             $crate::PassInfo {
                 name: $name,
+                module: module_path!(),
                 about: $about,
                 create: |v| $crate::PassInfo::instantiate::<$ty>(v),
                 defaults: || $crate::PassInfo::default_options::<$ty>(),
                 docs: <$ty as $crate::PassOptions>::DOCS,
+                calib: <$ty as $crate::PassOptions>::CALIB,
             }
         }
     };

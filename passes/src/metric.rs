@@ -2,8 +2,8 @@
 //! quantized model's outputs against the float model's, higher is better.
 //!
 //! Metrics are registered like passes (`register_metric!`), so a plugin can
-//! bring a task-aware one (qforge-yolo's `yolo-map50`: detection agreement)
-//! and pipelines select it by name.
+//! bring a task-aware one (e.g. detection agreement for a detector) and
+//! pipelines select it by name.
 
 use qforge_runtime::HostTensor;
 
@@ -14,6 +14,8 @@ pub type Outputs = [Vec<HostTensor>];
 pub struct MetricInfo {
     /// Name used in pipelines (`metric: sqnr`).
     pub name: &'static str,
+    /// The module that registered it (`module_path!()`).
+    pub module: &'static str,
     /// One line: what it measures and its unit.
     pub about: &'static str,
     /// Score of `test` against `reference`; higher is better.
@@ -27,7 +29,7 @@ inventory::collect!(MetricInfo);
 macro_rules! register_metric {
     ($name:literal, $f:path, $about:literal) => {
         $crate::inventory::submit! {
-            $crate::MetricInfo { name: $name, about: $about, score: $f }
+            $crate::MetricInfo { name: $name, module: module_path!(), about: $about, score: $f }
         }
     };
 }

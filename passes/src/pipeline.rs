@@ -290,6 +290,23 @@ impl Pipeline {
         })
     }
 
+    /// The names of the passes it runs, each once, in order of first use.
+    pub fn pass_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for s in &self.steps {
+            let steps = match s {
+                Step::Pass(p) => std::slice::from_ref(p),
+                Step::FixedPoint { passes, .. } => passes.as_slice(),
+            };
+            for p in steps {
+                if !names.contains(&p.name) {
+                    names.push(p.name.clone());
+                }
+            }
+        }
+        names
+    }
+
     /// Applies an override `pass.option=value` (or `pass.a.b=value` for a
     /// nested option) to every step of that pass. The value is YAML.
     pub fn set(&mut self, assignment: &str) -> Result<(), PassError> {

@@ -28,12 +28,18 @@ pub fn run(a: PassesArgs) -> Result<()> {
             let d = defaults.get(*opt).map(|v| v.to_string()).unwrap_or_default();
             println!("    {opt} = {d}\n        {doc}");
         }
+        if let Some(overrides) = p.calib {
+            let set = overrides(std::path::Path::new("PATH")).join(", ");
+            println!("    takes `qforge run --calib PATH` (a folder of photos sets {set})");
+        }
         println!();
     }
     if a.name.is_none() {
-        println!("metrics (skip-sensitive.metric):");
-        for m in qforge_passes::all_metrics() {
-            println!("    {:<12} {}", m.name, m.about);
+        println!("metrics (passes with a `metric` option select one by name):");
+        let metrics = qforge_passes::all_metrics();
+        let w = metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
+        for m in metrics {
+            println!("    {:<w$}  {}", m.name, m.about);
         }
         println!();
     }

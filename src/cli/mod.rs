@@ -1,8 +1,13 @@
 //! The command-line interface: argument parsing and the subcommands.
 //!
+//! A `qforge` binary is [`main_with`] and the plugins it lists: the
+//! built-in passes are always there; each plugin's entry point links its
+//! passes and metrics and may add subcommands ([`Plugin::subcommand`]).
+//! Everything a plugin author needs is re-exported here, so a plugin
+//! crate depends on `qforge` alone.
+//!
 //! Exit codes: 0 success, 1 error (bad model, failed pass, I/O), 2 usage.
 
-mod agree;
 mod diff;
 mod inspect;
 mod list;
@@ -10,7 +15,9 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand as _};
+
+pub use qforge_plugin::{Plugin, Register, Subcommand, anyhow, clap, parse_engine};
 
 /// qforge — compile ONNX models with YAML pipelines of passes
 /// (BatchNorm folding, exact rewrites, INT8 Q/DQ for TensorRT).
@@ -21,7 +28,7 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run a pipeline on a model and write the result.
     Run(run::RunArgs),
@@ -31,30 +38,43 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Structural difference of two models.
     Diff(diff::DiffArgs),
-    /// Detection agreement of a candidate (e.g. INT8) YOLO model with its FP32 reference on photos.
-    Agree(agree::AgreeArgs),
 }
 
-/// `--engine` values: `tract`, or `ort` when this build has the `ort` feature.
-pub(crate) fn parse_engine(s: &str) -> Result<qforge_runtime::Engine, String> {
-    let e: qforge_runtime::Engine = s.parse()?;
-    if !e.compiled() {
-        return Err(format!(
-            "this qforge was built without the `{e}` feature (rebuild with `--features {e}`, e.g. \
-             `cargo install --path . --features {e}`)"
-        ));
-    }
-    Ok(e)
-}
-
-/// Parses arguments, runs the command, maps the outcome to an exit code.
-pub fn main() -> ExitCode {
-    // Plugins register passes and metrics through `inventory`; referencing
-    // them keeps the linker from dropping those registrations.
+/// The `qforge` command with the given plugins: parses the arguments, runs
+/// the subcommand, maps the outcome to an exit code. This is the whole
+/// `main` of a binary:
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     qforge::cli::main_with(&[/* my_plugin::register, … */])
+/// }
+/// ```
+///
+/// Each [`Register`] function is called once, before the arguments are
+/// parsed; naming it is what links its crate's passes and metrics. Two
+/// registrations of one pass, metric or subcommand name are an error at
+/// start-up that names both.
+pub fn main_with(plugins: &[Register]) -> ExitCode {
+    // The built-in passes register like a plugin's: referencing the crate
+    // keeps the linker from dropping them.
     qforge_passes::builtin::link();
-    qforge_yolo::link();
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    let mut q = Plugin::default();
+    for register in plugins {
+        register(&mut q);
+    }
+    let extra = q.into_subcommands();
+    if let Err(e) =
+        check_subcommands(&extra).and_then(|()| qforge_passes::check_registrations().map_err(|e| e.to_string()))
+    {
+        eprintln!("error: this qforge binary is misconfigured: {e}");
+        return ExitCode::from(1);
+    }
+    let mut command = Cli::command();
+    for s in &extra {
+        command = command.subcommand(s.command().clone());
+    }
+    let matches = match command.try_get_matches() {
+        Ok(m) => m,
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
@@ -64,13 +84,19 @@ pub fn main() -> ExitCode {
         }
     };
     install_panic_hook();
-    let result = std::panic::catch_unwind(move || match cli.command {
-        Command::Run(a) => run::run(a),
-        Command::Passes(a) => list::run(a),
-        Command::Inspect(a) => inspect::run(a),
-        Command::Diff(a) => diff::run(a),
-        Command::Agree(a) => agree::run(a),
-    });
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        if let Some((name, args)) = matches.subcommand()
+            && let Some(s) = extra.iter().find(|s| s.name() == name)
+        {
+            return s.run(args);
+        }
+        match Cli::from_arg_matches(&matches)?.command {
+            Command::Run(a) => run::run(a),
+            Command::Passes(a) => list::run(a),
+            Command::Inspect(a) => inspect::run(a),
+            Command::Diff(a) => diff::run(a),
+        }
+    }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
@@ -86,6 +112,29 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Plugin subcommands must not take a built-in's name or each other's.
+fn check_subcommands(extra: &[Subcommand]) -> Result<(), String> {
+    let builtin: Vec<String> = Command::augment_subcommands(clap::Command::new("qforge"))
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect();
+    for (i, s) in extra.iter().enumerate() {
+        if builtin.iter().any(|b| b == s.name()) {
+            return Err(format!("subcommand `{}` (added at {}) is a built-in subcommand", s.name(), s.added_at()));
+        }
+        if let Some(first) = extra[..i].iter().find(|f| f.name() == s.name()) {
+            return Err(format!(
+                "subcommand `{}` is added twice, at {} and at {}; names must be unique",
+                s.name(),
+                first.added_at(),
+                s.added_at()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The message and place of the last panic, for the one-line report.
@@ -130,4 +179,43 @@ fn one_line(e: &anyhow::Error) -> String {
         msg = format!("{msg}: {c}");
     }
     msg.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, clap::Args)]
+    struct NoArgs {}
+
+    fn nothing(_: NoArgs) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    #[test]
+    fn plugin_subcommands_cannot_shadow_or_repeat() {
+        let mut q = Plugin::default();
+        q.subcommand("hello", "Says hello.", nothing);
+        let first = line!() - 1;
+        q.subcommand("bye", "Says bye.", nothing);
+        assert_eq!(check_subcommands(q.subcommands()), Ok(()));
+        q.subcommand("hello", "Says hello again.", nothing);
+        let second = line!() - 1;
+        let e = check_subcommands(q.subcommands()).unwrap_err();
+        let f = file!();
+        assert_eq!(
+            e,
+            format!("subcommand `hello` is added twice, at {f}:{first} and at {f}:{second}; names must be unique")
+        );
+        for name in ["run", "passes", "help"] {
+            let mut q = Plugin::default();
+            q.subcommand(name, "Shadows a built-in.", nothing);
+            let e = check_subcommands(q.subcommands()).unwrap_err();
+            assert!(
+                e.starts_with(&format!("subcommand `{name}` (added at {f}:"))
+                    && e.ends_with("is a built-in subcommand"),
+                "{e}"
+            );
+        }
+    }
 }

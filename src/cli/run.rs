@@ -20,9 +20,9 @@ pub struct RunArgs {
     /// Output ONNX model (written atomically; external data goes to OUTPUT.data).
     #[arg(short, long)]
     output: PathBuf,
-    /// Calibration data for the pipeline's `calibrate` pass: a folder of
-    /// photos, or `.npy` tensors (file or folder). Same as
-    /// --set calibrate.data.images=PATH (or data.npy).
+    /// Calibration data for the pipeline's passes that read a data set (a
+    /// folder of photos, or `.npy` tensors: file or folder); `qforge
+    /// passes` says which passes take it and what it sets.
     #[arg(long, value_name = "PATH")]
     calib: Option<PathBuf>,
     /// Override an option: PASS.OPTION=VALUE (VALUE is YAML). Repeatable.
@@ -61,8 +61,8 @@ pub struct RunArgs {
     /// Write the run report (passes, counters, times, numerics) as JSON.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
-    /// Engine that runs the model in passes that execute it (calibrate,
-    /// skip-sensitive), unless a pass's own `engine` option says otherwise:
+    /// Engine that runs the model in passes that execute it (calibration,
+    /// sensitivity analysis), unless a pass's own `engine` option says otherwise:
     /// auto (ONNX Runtime when its library is found, else tract; the run
     /// says which), tract (embedded, pure Rust), or ort (ONNX Runtime; the
     /// library comes from ORT_DYLIB_PATH or the onnxruntime Python wheel).
@@ -117,15 +117,22 @@ fn same_file(a: &Path, b: &Path) -> bool {
 pub fn run(a: RunArgs) -> Result<()> {
     let mut pipeline = load_pipeline(&a.pipeline)?;
     if let Some(c) = &a.calib {
-        let npy = c.extension().is_some_and(|e| e == "npy")
-            || (c.is_dir()
-                && std::fs::read_dir(c)?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "npy")));
-        let p = c.display().to_string();
-        let (set, clear) = if npy { ("npy", "images") } else { ("images", "npy") };
-        pipeline
-            .set(&format!("calibrate.data.{set}={}", serde_json::to_string(&p)?))
-            .context("--calib needs a pipeline with a `calibrate` pass")?;
-        pipeline.set(&format!("calibrate.data.{clear}="))?;
+        // Each pass that reads data says which of its options PATH sets.
+        let mut takers = 0;
+        for name in pipeline.pass_names() {
+            if let Some(overrides) = qforge_passes::find_pass(&name).and_then(|p| p.calib) {
+                for o in overrides(c) {
+                    pipeline.set(&format!("{name}.{o}")).context("--calib")?;
+                }
+                takers += 1;
+            }
+        }
+        if takers == 0 {
+            bail!(
+                "--calib: no pass of pipeline `{}` reads a data set (`qforge passes` marks the ones that take --calib)",
+                pipeline.name
+            );
+        }
     }
     for s in &a.set {
         pipeline.set(s)?;
@@ -210,16 +217,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(path) = &a.report {
         write_report(path, &report, &a, model.repairs())?;
     }
-    if let Some(build) = &cx.engine_build {
-        let out = build.run(&a.output, a.quiet).map_err(anyhow::Error::msg)?;
-        if out.built && !a.quiet {
-            println!(
-                "engine built: {} (throughput {} qps, mean latency {} ms)",
-                out.command,
-                out.throughput_qps.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into()),
-                out.latency_mean_ms.map(|x| format!("{x:.3}")).unwrap_or_else(|| "?".into())
-            );
-        }
+    // Work passes left for the written file (e.g. a backend's engine build).
+    for hook in std::mem::take(&mut cx.after_save) {
+        hook.run(&a.output)?;
     }
     if !a.quiet {
         println!("{report}");
@@ -241,7 +241,7 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> 
                 "verify_seconds": p.verify_time.as_secs_f64(),
                 "nodes_before": p.nodes_before,
                 "nodes_after": p.nodes_after,
-                "changed": p.report.changed,
+                "changed": p.changed,
                 "counters": p.report.counters.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 "notes": p.report.notes,
                 "max_rel_err": p.numerics.as_ref().map(|n| n.1),

@@ -172,9 +172,7 @@ impl Graph {
     /// same state: a graph and its clones until one of them is changed, so a
     /// pass manager can tell from the graph itself whether a pass changed
     /// it. [`Graph::node_mut`] counts as a change even if the caller only
-    /// reads; read through [`Graph::node`]. Known gap: [`Graph::set_type`]
-    /// on a graph input/output declaration does not bump it yet (its
-    /// `value_info` path does).
+    /// reads; read through [`Graph::node`].
     pub fn generation(&self) -> u64 {
         self.generation.0
     }
@@ -310,10 +308,17 @@ impl Graph {
     /// The value, mutably; counts as a change.
     #[track_caller]
     pub(crate) fn value_mut(&mut self, v: ValueId) -> &mut Value {
+        self.touch();
+        self.value_mut_untracked(v)
+    }
+
+    /// The value, mutably, without counting a change: for callers that
+    /// [`touch`](Graph::touch) themselves once they know they changed it.
+    #[track_caller]
+    pub(crate) fn value_mut_untracked(&mut self, v: ValueId) -> &mut Value {
         if self.try_value(v).is_none() {
             self.stale_value(v);
         }
-        self.touch();
         match self.values.get_mut(v.seq as usize).and_then(Slot::live_mut) {
             Some(val) => val,
             None => unreachable!("checked live above"),

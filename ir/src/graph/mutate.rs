@@ -166,7 +166,8 @@ impl Graph {
             return wrote;
         }
         let name = self.value(v).name.clone();
-        let val = self.value_mut(v);
+        // `set_type` counts the change, and only when there is one.
+        let val = self.value_mut_untracked(v);
         match &mut val.info {
             Some(info) => ty.write_into(&mut info.r#type),
             None => {

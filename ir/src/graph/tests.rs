@@ -194,7 +194,14 @@ fn every_mutation_bumps_the_generation() {
     let k = g.find_value("k").expect("k");
     gen_after(&mut g, true, "set_initializer", |g| g.set_initializer(k, Tensor::scalar(2.0f32)).expect("init"));
     let ty: TypeInfo = g.type_info(av).expect("typed");
+    gen_after(&mut g, false, "set_type of an intermediate value to what it says", |g| {
+        g.set_type(av, &ty);
+    });
+    let flat = TypeInfo::new(crate::DataType::F32, &[4]);
     gen_after(&mut g, true, "set_type of an intermediate value", |g| {
+        g.set_type(av, &flat);
+    });
+    gen_after(&mut g, true, "set_type back", |g| {
         g.set_type(av, &ty);
     });
     gen_after(&mut g, true, "rename_value", |g| g.rename_value(k, "k2").expect("rename"));
@@ -234,6 +241,16 @@ fn every_mutation_bumps_the_generation() {
         g.add_input("extra", &ty).expect("input");
     });
     verify(&g).expect("verifies");
+}
+
+#[test]
+fn set_type_on_a_declared_output_bumps_the_generation_once() {
+    let mut g = parse_graph("graph g {\n  opset ai.onnx 13\n  input %x: f32[1,4]\n  %y = Relu(%x)\n  output %y\n}\n")
+        .expect("parses");
+    let (x, y) = (g.find_value("x").expect("x"), g.find_value("y").expect("y"));
+    let ty = g.type_info(x).expect("typed input");
+    gen_after(&mut g, true, "set_type of an untyped output declaration", |g| assert!(g.set_type(y, &ty)));
+    gen_after(&mut g, false, "set_type with what the declaration already says", |g| assert!(!g.set_type(y, &ty)));
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl Pass for LoadCalibration {
                 unknown[0]
             ));
         }
-        cx.calibration = Some(table);
+        cx.ext.insert(table);
         Ok(r)
     }
 }

@@ -13,5 +13,6 @@ pub mod to_fp16;
 pub mod topo_sort;
 
 /// Registrations live in this crate; calling this from a binary guarantees
-/// the linker keeps them (the same role `use plugin as _;` plays for plugins).
+/// the linker keeps them (the role a plugin's entry point plays for its
+/// crate; `qforge::cli::main_with` calls it).
 pub fn link() {}

@@ -189,7 +189,7 @@ impl Pass for ToFp16 {
         };
         // Ranges calibration measured: outputs too large for FP16 keep FP32.
         let mut overflow: HashSet<ValueId> = HashSet::new();
-        if let Some(t) = &cx.calibration {
+        if let Some(t) = cx.ext.get::<crate::calibrate::table::CalibrationTable>() {
             for (&v, range) in &t.tensors {
                 if g.contains_value(v) && range.amax > self.max_fp16 {
                     overflow.insert(v);

@@ -202,6 +202,19 @@ impl PassOptions for Calibrate {
             "auto | tract | ort (ONNX Runtime); default: the run's --engine (auto: ONNX Runtime when found, else tract)",
         ),
     ];
+
+    /// `--calib PATH`: `.npy` tensors (a file, or a folder holding some) or
+    /// a folder of photos; the other source is cleared.
+    const CALIB: Option<crate::CalibOverrides> = Some(|path| {
+        let npy = path.extension().is_some_and(|e| e == "npy")
+            || (path.is_dir()
+                && std::fs::read_dir(path)
+                    .map(|d| d.flatten().any(|e| e.path().extension().is_some_and(|x| x == "npy")))
+                    .unwrap_or(false));
+        let (set, clear) = if npy { ("npy", "images") } else { ("images", "npy") };
+        let quoted = serde_json::to_string(&path.display().to_string()).unwrap_or_default();
+        vec![format!("data.{set}={quoted}"), format!("data.{clear}=")]
+    });
 }
 
 register_pass!("calibrate", Calibrate, "float model + calibration data => per-tensor INT8 ranges (graph unchanged)");
@@ -434,8 +447,8 @@ impl Pass for Calibrate {
             write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
             r.note(format!("wrote {}", p.display()));
         }
-        cx.calibration = Some(table);
-        cx.calibration_data = Some(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
+        cx.ext.insert(table);
+        cx.ext.insert(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
         Ok(r)
     }
 }

@@ -1,7 +1,7 @@
 //! The calibration table: per-tensor ranges that `calibrate` (or
 //! `load-calibration`) produces and quantization passes read.
 //!
-//! It lives in the [`PassContext`](crate::PassContext), keyed by value, and
+//! It lives in the pass context ([`PassContext::ext`](crate::PassContext::ext)), keyed by value, and
 //! keeps each tensor's histogram next to its amax: tensors that must share
 //! one scale (Concat inputs and output, MaxPool in/out) get it from their
 //! *merged* histograms, which the amaxes alone cannot give. It is written as

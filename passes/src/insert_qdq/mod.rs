@@ -22,11 +22,20 @@ use serde::{Deserialize, Serialize};
 
 use qforge_ir::{DataType, Graph, InsertAt, NewNode, NodeId, Tensor, TypeInfo, ValueId, attr_int};
 
+use crate::calibrate::table::CalibrationTable;
 use crate::qdq_rules::{WEIGHTED_OPS, is_activation, is_residual_add, weight_and_axis};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
 pub use placement::tail_nodes;
 use placement::{Excluder, Groups};
+
+/// The graph as it was before `insert-qdq`, the float reference of
+/// quantization analyses (`skip-sensitive`), kept in the pass context
+/// ([`PassContext::ext`]). A clone: ids that existed when it was made
+/// resolve to the same nodes and values in both graphs; ids created later
+/// in either are unknown (`try_node` is `None`) in the other.
+#[derive(Debug, Clone)]
+pub struct FloatReference(pub Graph);
 
 /// User exclusions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -288,11 +297,12 @@ impl Pass for InsertQdq {
             r.note(format!("default-domain opset raised from {old} to 13 (per-channel Q/DQ needs it)"));
         }
         let table = cx
-            .calibration
-            .clone()
+            .ext
+            .get::<CalibrationTable>()
+            .cloned()
             .ok_or_else(|| fail("no calibration table: run calibrate (or load-calibration) before insert-qdq"))?;
         // Later analyses (skip-sensitive) compare against the float model.
-        cx.float_graph = Some(g.clone());
+        cx.ext.insert(FloatReference(g.clone()));
 
         let ex = Excluder::new(&self.exclude.names, &self.exclude.regex, &self.exclude.ops).map_err(fail)?;
         for n in ex.unmatched_names(g) {

@@ -163,8 +163,9 @@ impl<'a> Checker<'a> {
         let mut h = self.graph.clone();
         let mut prev = self.outputs.clone();
         for p in &self.pending {
-            let r = p.pass.run(&mut h, cx).map_err(|e| e.in_pass(p.name))?;
-            if !r.changed {
+            let generation = h.generation();
+            p.pass.run(&mut h, cx).map_err(|e| e.in_pass(p.name))?;
+            if h.generation() == generation {
                 continue;
             }
             let context = format!(

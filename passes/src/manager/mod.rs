@@ -18,7 +18,7 @@ use crate::Pass;
 use crate::context::{PassContext, PassError, PassReport, Tolerance};
 use crate::numerics::NumericsOptions;
 use crate::pipeline::{Origin, PassStep, Pipeline, Step};
-use crate::registry::find_pass;
+use crate::registry::unique_pass;
 
 use checks::Checker;
 
@@ -83,6 +83,9 @@ pub struct PassRun {
     pub nodes_before: usize,
     /// Node count after.
     pub nodes_after: usize,
+    /// Whether it changed the graph, from the graph's own mutation counter
+    /// ([`Graph::generation`]), not from what the pass reported.
+    pub changed: bool,
     /// What it reported.
     pub report: PassReport,
     /// With `--check-numerics`, on the pass that ended a check: the output
@@ -158,10 +161,12 @@ impl PassManager {
     /// YAML line (or `--set`) that wrote them.
     pub fn new(pipeline: &Pipeline, opts: ManagerOptions) -> Result<PassManager, PassError> {
         let inst = |s: &PassStep| -> Result<Instance, PassError> {
-            let info = find_pass(&s.name).ok_or_else(|| PassError::Pipeline {
-                origin: s.origin.clone(),
-                message: format!("unknown pass `{}`", s.name),
-            })?;
+            let info = unique_pass(&s.name)
+                .map_err(|e| PassError::Pipeline { origin: s.origin.clone(), message: e.to_string() })?
+                .ok_or_else(|| PassError::Pipeline {
+                    origin: s.origin.clone(),
+                    message: format!("unknown pass `{}`", s.name),
+                })?;
             let pass = (info.create)(&s.options).map_err(|m| PassError::Pipeline {
                 origin: s.origin.clone(),
                 message: format!("pass `{}`: {m}", s.name),
@@ -258,9 +263,13 @@ impl PassManager {
         }
         st.count += 1;
         let nodes_before = g.node_count();
+        let generation = g.generation();
         let t = Instant::now();
         let report = i.pass.run(g, cx).map_err(|e| e.in_pass(name))?;
         let time = t.elapsed();
+        // The graph says whether it changed: a pass that forgets a counter
+        // is still re-checked, and one that only counts is not.
+        let changed = g.generation() != generation;
         let mut verify_time = Duration::ZERO;
         if self.opts.verify {
             let t = Instant::now();
@@ -272,7 +281,6 @@ impl PassManager {
         {
             eprintln!("// ---- IR after {name} (#{}) ----\n{g}", st.count);
         }
-        let changed = report.changed;
         st.report.runs.push(PassRun {
             index: st.count,
             name: name.to_string(),
@@ -281,6 +289,7 @@ impl PassManager {
             verify_time,
             nodes_before,
             nodes_after: g.node_count(),
+            changed,
             report,
             numerics: None,
             checked_at: None,

@@ -33,7 +33,7 @@ impl RunReport {
         }
         match r.checked_at {
             Some(k) => format!("→ #{k}"),
-            None if !r.report.changed => "(unchanged)".into(),
+            None if !r.changed => "(unchanged)".into(),
             None => "(not checked)".into(),
         }
     }

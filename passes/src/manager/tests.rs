@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::pipeline::Origin;
+use crate::registry::find_pass;
 
 const CONV_BN: &str = "graph g {
   opset ai.onnx 13
@@ -109,4 +110,66 @@ fn a_lossy_pass_is_checked_alone_and_reported() {
     // The table shows the check column and the timers.
     let table = r.to_string();
     assert!(table.contains("check: max rel err") && table.contains("verifier") && table.contains("checks"), "{table}");
+}
+
+/// Scales the Conv weights by 1.01 and reports nothing.
+struct Silent;
+
+impl Pass for Silent {
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+        Perturb(Tolerance::Exact).run(g, cx)?;
+        Ok(PassReport::default())
+    }
+}
+
+/// Reports a change and touches nothing.
+struct Boaster;
+
+impl Pass for Boaster {
+    fn run(&self, _g: &mut Graph, _cx: &mut PassContext) -> Result<PassReport, PassError> {
+        let mut r = PassReport::default();
+        r.count("rewritten", 3);
+        Ok(r)
+    }
+}
+
+fn instance(name: &str, pass: Box<dyn Pass>) -> Instance {
+    Instance { step: step(name), pass }
+}
+
+fn group(passes: Vec<Instance>) -> Planned {
+    Planned::Group { max_iterations: 3, passes, origin: Origin { file: "test".into(), line: 1, column: 1 } }
+}
+
+fn run_plain(planned: Vec<Planned>) -> RunReport {
+    let pm = PassManager { planned, opts: ManagerOptions::default() };
+    let mut g = parse_graph(CONV_BN).expect("test graph parses");
+    pm.run(&mut g, &mut PassContext { quiet: true, ..Default::default() }).expect("runs")
+}
+
+#[test]
+fn a_pass_that_mutates_silently_is_seen_as_changed() {
+    // The numeric check still covers it and names it.
+    let e = run(vec![builtin("eliminate-identity"), Planned::Single(instance("silent", Box::new(Silent)))], false)
+        .unwrap_err();
+    assert!(matches!(&e, PassError::Numerics { pass, .. } if pass == "silent"), "{e}");
+    // A fixed-point group with it never converges.
+    let r = run_plain(vec![group(vec![instance("silent", Box::new(Silent))])]);
+    assert_eq!(r.runs.len(), 3, "{r}");
+    assert!(r.runs.iter().all(|p| p.changed && p.report.counters.is_empty()), "{r}");
+    assert!(r.warnings.iter().any(|w| w.contains("still changed the graph after 3 iterations")), "{r}");
+}
+
+#[test]
+fn a_pass_that_only_reports_a_change_is_not() {
+    let r = run_plain(vec![group(vec![instance("boaster", Box::new(Boaster))])]);
+    assert_eq!(r.runs.len(), 1, "converged at once: {r}");
+    assert!(!r.runs[0].changed && r.runs[0].report.get("rewritten") == 3, "{r}");
+    assert!(r.warnings.is_empty(), "{r}");
+    // Not checked numerically either (nothing to check), and said so.
+    let r =
+        run(vec![Planned::Single(instance("boaster", Box::new(Boaster))), builtin("fold-batchnorm")], false).unwrap();
+    assert_eq!(spans(&r), [(2, 2)], "{r}");
+    assert_eq!(r.runs[0].checked_at, None);
+    assert!(r.to_string().contains("(unchanged)"), "{r}");
 }

@@ -33,6 +33,8 @@ use qforge_runtime::{Dataset, Engine, HostTensor, Source};
 pub use judge::{Judge, Score};
 pub use layers::{quantized_layers, to_float};
 
+use crate::calibrate::CalibrationData;
+use crate::insert_qdq::FloatReference;
 use crate::metric::{all_metrics, find_metric};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
@@ -43,7 +45,7 @@ use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, re
 pub struct SkipSensitive {
     /// At most this many layers go back to float.
     pub top_k: usize,
-    /// The quality metric (a registered name: `sqnr`, `cosine`, plugin metrics such as `yolo-map50`).
+    /// The quality metric: a registered name (`sqnr`, `cosine`, or one a plugin registers; `qforge passes` lists them).
     pub metric: String,
     /// Stop once the metric reaches this value.
     pub target: Option<f64>,
@@ -91,7 +93,7 @@ impl PassOptions for SkipSensitive {
         ("top_k", "at most this many layers go back to float (default 3)"),
         (
             "metric",
-            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (yolo-map50); near-ties broken by SQNR",
+            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (`qforge passes` lists them); near-ties broken by SQNR",
         ),
         ("target", "stop once the metric reaches this value (default none)"),
         ("samples", "samples the model is judged on (default 8)"),
@@ -141,8 +143,8 @@ struct Samples {
 impl SkipSensitive {
     fn samples(&self, cx: &PassContext) -> Result<Samples, PassError> {
         let cd = cx
-            .calibration_data
-            .as_ref()
+            .ext
+            .get::<CalibrationData>()
             .ok_or_else(|| PassError::msg("skip-sensitive measures on real samples: run calibrate first"))?;
         let (ds, from, cached) = if let Some(p) = &self.data {
             let npy = p.extension().is_some_and(|e| e == "npy")
@@ -184,13 +186,17 @@ impl Pass for SkipSensitive {
     }
 
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
-        let float = cx.float_graph.clone().ok_or_else(|| PassError::msg("run insert-qdq before skip-sensitive"))?;
+        let float = cx
+            .ext
+            .get::<FloatReference>()
+            .map(|f| f.0.clone())
+            .ok_or_else(|| PassError::msg("run insert-qdq before skip-sensitive"))?;
         let metric = find_metric(&self.metric).ok_or_else(|| {
             let names: Vec<&str> = all_metrics().iter().map(|m| m.name).collect();
             PassError::msg(format!("unknown metric `{}` (metrics: {})", self.metric, names.join(", ")))
         })?;
         let Samples { inputs, from, reference: cached } = self.samples(cx)?;
-        let shape = cx.calibration_data.as_ref().map(|c| c.shape.clone()).unwrap_or_default();
+        let shape = cx.ext.get::<CalibrationData>().map(|c| c.shape.clone()).unwrap_or_default();
         let mut input_shapes = BTreeMap::new();
         if let Some(&i) = g.runtime_inputs().first() {
             input_shapes.insert(g.value_name(i).to_string(), shape);

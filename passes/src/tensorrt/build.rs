@@ -1,7 +1,8 @@
 //! Building the engine with `trtexec`, after the ONNX file is written.
 //!
-//! The `tensorrt` pass records an [`EngineBuild`]; the caller that saved the
-//! model (the CLI) calls [`EngineBuild::run`] with the file. Without
+//! The `tensorrt` pass leaves an [`EngineBuild`] as after-save work
+//! ([`crate::AfterSave`]); whoever writes the model runs it with the file
+//! ([`EngineBuild::run`]). Without
 //! TensorRT it prints one notice with the exact command to run on the GPU
 //! machine, and fails only when the build was `required`.
 

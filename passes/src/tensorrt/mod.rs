@@ -256,7 +256,7 @@ impl Pass for TensorRt {
             }
         }
         if self.calib_cache {
-            let table = cx.calibration.as_ref().ok_or_else(|| {
+            let table = cx.ext.get::<crate::calibrate::table::CalibrationTable>().ok_or_else(|| {
                 PassError::msg("calib_cache needs a calibration table: run calibrate or load-calibration first")
             })?;
             let out = cx.output_path.as_ref().ok_or_else(|| PassError::msg("calib_cache needs an output path"))?;
@@ -265,14 +265,28 @@ impl Pass for TensorRt {
             r.note(format!("wrote {}", path.display()));
         }
         if self.build != BuildMode::Never {
-            cx.engine_build = Some(build::EngineBuild {
+            let build = build::EngineBuild {
                 trtexec: self.trtexec.clone(),
                 engine: self.engine.clone(),
                 target,
                 timing_cache: self.timing_cache.clone(),
                 extra_args: self.extra_args.clone(),
                 required: self.build == BuildMode::Required,
-            });
+            };
+            // The build needs the ONNX file: the caller that writes it runs this.
+            let quiet = cx.quiet;
+            cx.after_save.push(crate::AfterSave::new("tensorrt: engine build", move |onnx| {
+                let out = build.run(onnx, quiet)?;
+                if out.built && !quiet {
+                    println!(
+                        "engine built: {} (throughput {} qps, mean latency {} ms)",
+                        out.command,
+                        out.throughput_qps.map(|x| format!("{x:.1}")).unwrap_or_else(|| "?".into()),
+                        out.latency_mean_ms.map(|x| format!("{x:.3}")).unwrap_or_else(|| "?".into())
+                    );
+                }
+                Ok(())
+            }));
         }
         Ok(r)
     }

@@ -63,9 +63,13 @@
 //! shape of such a crate:
 //!
 //! - it lives in `plugins/<name>/` as its own workspace member and depends
-//!   only *down* the crate table: `qforge-ir` for models and `qforge-runtime`
-//!   for sessions and tensors (a plugin that adds passes
-//!   also depends on `qforge-passes` and registers them with `register_pass!`);
+//!   only *down* the crate table: `qforge-ir` for models, `qforge-runtime`
+//!   for sessions and tensors, `qforge-passes` for its metric
+//!   (`register_metric!`; passes use `register_pass!`) and `qforge-plugin`
+//!   for its entry point, [`register`], which adds the `agree` subcommand;
+//!   qforge's default binary lists it like any other plugin
+//!   (`qforge::cli::main_with(&[qforge_yolo::register])`), and
+//!   `examples/plugin/` is the same shape outside the workspace;
 //! - it reuses the runtime's sessions ([`qforge_runtime::session`]) and
 //!   tensors ([`qforge_runtime::HostTensor`]) and the same letterbox as
 //!   calibration ([`qforge_runtime::data::preprocess`]), so the photos a
@@ -82,6 +86,7 @@
 
 #![deny(missing_docs)]
 
+mod agree;
 mod decode;
 mod metric;
 mod metrics;
@@ -93,9 +98,16 @@ pub use photos::{DEFAULT_SIZE, agreement, list_photos, load_photo, views};
 
 use std::path::PathBuf;
 
-/// Call from a binary to keep this crate's registrations (the `yolo-map50`
-/// metric) linked; the same role `use qforge_yolo as _;` plays.
-pub fn link() {}
+/// The plugin's entry point (see `qforge_plugin`): a binary that lists it
+/// (`qforge::cli::main_with(&[qforge_yolo::register])`, as qforge's default
+/// binary does) gets the `yolo-map50` metric and the `agree` subcommand.
+pub fn register(q: &mut qforge_plugin::Plugin) {
+    q.subcommand(
+        "agree",
+        "Detection agreement of a candidate (e.g. INT8) YOLO model with its FP32 reference on photos",
+        agree::run,
+    );
+}
 
 /// Errors of decoding and scoring.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! `qforge agree`: detection agreement of a candidate model with its FP32
-//! reference (qforge-yolo), the measure of a quantized detector.
+//! reference, the measure of a quantized detector; a subcommand this plugin
+//! adds to the binaries that link it ([`crate::register`]).
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ pub struct AgreeArgs {
     size: usize,
     /// Engine that runs both models: auto (ONNX Runtime when its library is
     /// found, else tract), tract (embedded) or ort (ONNX Runtime).
-    #[arg(long, value_name = "auto|tract|ort", default_value = "auto", value_parser = super::parse_engine)]
+    #[arg(long, value_name = "auto|tract|ort", default_value = "auto", value_parser = qforge_plugin::parse_engine)]
     engine: qforge_runtime::Engine,
     /// Print the result as JSON.
     #[arg(long)]
@@ -32,7 +33,7 @@ pub struct AgreeArgs {
 pub fn run(a: AgreeArgs) -> Result<()> {
     let f = qforge_ir::load(&a.fp32).with_context(|| format!("loading {}", a.fp32.display()))?;
     let c = qforge_ir::load(&a.candidate).with_context(|| format!("loading {}", a.candidate.display()))?;
-    let r = qforge_yolo::agreement(&f, &c, &a.images, a.size, a.engine)?;
+    let r = crate::agreement(&f, &c, &a.images, a.size, a.engine)?;
     if a.json {
         println!(
             "{}",
