@@ -16,24 +16,7 @@ fn rich_proto() -> ModelProto {
     ModelProto::decode(&std::fs::read(rich()).unwrap()[..]).unwrap()
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn qforge(args: &[&str]) -> Out {
-    let o = common::qforge().args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{run as qforge, s};
 
 /// Runs the fold pipeline on `input` and checks: exit 1, exactly one error
 /// line mentioning `needle`, no panic, no output file.

@@ -14,24 +14,7 @@ use std::path::{Path, PathBuf};
 
 use qforge_ir::{ExportOptions, Model, parse_graph};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn qforge(args: &[&str]) -> Out {
-    let o = common::qforge().args(args).output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{run as qforge, s};
 
 fn ops(path: &Path) -> BTreeMap<String, usize> {
     let m = qforge_ir::load(path).unwrap();

@@ -105,3 +105,25 @@ pub fn qforge() -> Command {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// What a finished `qforge` command left: exit code and output.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `qforge` binary with `args` to the end.
+pub fn run(args: &[&str]) -> Out {
+    let o = qforge().args(args).output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A path as `&str` for command lines.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
