@@ -110,3 +110,59 @@ pub fn weight_and_axis(g: &Graph, n: NodeId) -> Option<(ValueId, usize)> {
     g.constant(w)?;
     Some((w, weight_axis(g, n)?))
 }
+
+/// Point-wise ops TensorRT fuses into a convolution's epilogue.
+const ACTIVATIONS: &[&str] =
+    &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "PRelu"];
+
+fn is_op(g: &Graph, n: NodeId, op: &str) -> bool {
+    g.node(n).is_op(op)
+}
+
+/// Follows the epilogue TensorRT fuses after a weighted layer writing `v`
+/// (activations, SiLU as `Mul(x, Sigmoid(x))`, a residual `Add` whose other
+/// input is dequantized or constant); returns the tensor the fused kernel
+/// writes and the fused op types. Shared by `insert-qdq` (which input of a
+/// residual Add to leave unquantized) and the `tensorrt` fusion prediction.
+pub fn fused_epilogue(g: &Graph, mut v: ValueId) -> (ValueId, Vec<String>) {
+    let mut ops = Vec::new();
+    for _ in 0..8 {
+        let users = g.users(v);
+        // SiLU: x read by Sigmoid and by Mul(x, Sigmoid(x)).
+        if let [a, b] = users.as_slice() {
+            let (s, m) = if is_op(g, *a, "Sigmoid") { (*a, *b) } else { (*b, *a) };
+            if is_op(g, s, "Sigmoid") && is_op(g, m, "Mul") {
+                let sig_out = g.node(s).output(0);
+                let mul_in: Vec<ValueId> = g.node(m).inputs().iter().flatten().copied().collect();
+                if sig_out.is_some_and(|so| mul_in.contains(&so) && g.users(so).len() == 1) && mul_in.contains(&v) {
+                    let Some(out) = g.node(m).output(0) else { break };
+                    ops.push("SiLU".to_string());
+                    v = out;
+                    continue;
+                }
+            }
+        }
+        let [u] = users.as_slice() else { break };
+        let op = g.node(*u).op_type();
+        let Some(out) = g.node(*u).output(0) else { break };
+        if ACTIVATIONS.contains(&op) {
+            ops.push(op.to_string());
+            v = out;
+        } else if op == "Add" {
+            // A residual Add joins the epilogue when its other input is
+            // dequantized INT8 or a constant (a bias).
+            let other = g.node(*u).inputs().iter().flatten().copied().find(|&i| i != v);
+            if other.is_some_and(|o| {
+                g.producer_node(o).is_some_and(|p| is_op(g, p, "DequantizeLinear")) || g.constant(o).is_some()
+            }) {
+                ops.push("Add".to_string());
+                v = out;
+            } else {
+                break;
+            }
+        } else {
+            break;
+        }
+    }
+    (v, ops)
+}

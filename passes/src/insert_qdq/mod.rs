@@ -346,12 +346,12 @@ impl Pass for InsertQdq {
 
         // Tensors a weighted layer (with its fused activation) writes for a
         // residual Add alone: TensorRT fuses the Add into that layer when the
-        // tensor stays unquantized (fusion::epilogue follows the same rule).
+        // tensor stays unquantized (the tensorrt fusion prediction uses the same rule).
         let fusable_ends: HashSet<ValueId> = if self.residual == Residual::Fusable {
             g.nodes()
                 .filter(|&n| !excluded.contains(&n) && WEIGHTED_OPS.contains(&g.node(n).op_type()))
                 .filter_map(|n| g.node(n).output(0))
-                .map(|y| crate::tensorrt::fusion::epilogue(g, y).0)
+                .map(|y| crate::qdq_rules::fused_epilogue(g, y).0)
                 .filter(|&end| g.users(end).len() == 1 && !g.is_graph_output(end))
                 .collect()
         } else {

@@ -36,7 +36,7 @@ use std::fmt;
 
 use qforge_ir::{Graph, NodeId, ValueId};
 
-use crate::qdq_rules::WEIGHTED_OPS;
+use crate::qdq_rules::{WEIGHTED_OPS, fused_epilogue};
 
 /// The rule of the TensorRT developer guide ("Explicit Quantization") a
 /// finding rests on.
@@ -147,10 +147,6 @@ impl Fusion {
     }
 }
 
-/// Point-wise ops TensorRT fuses into a convolution's epilogue.
-const ACTIVATIONS: &[&str] =
-    &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "PRelu"];
-
 /// Ops DQ propagation moves across (they commute with per-tensor quantization).
 const COMMUTING: &[&str] =
     &["MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Identity"];
@@ -190,49 +186,6 @@ fn sole_add(g: &Graph, v: ValueId) -> Option<NodeId> {
     }
 }
 
-/// Follows the epilogue TensorRT fuses after a layer writing `v`; returns
-/// the tensor the fused kernel writes and the fused op types.
-pub(crate) fn epilogue(g: &Graph, mut v: ValueId) -> (ValueId, Vec<String>) {
-    let mut ops = Vec::new();
-    for _ in 0..8 {
-        let users = g.users(v);
-        // SiLU: x read by Sigmoid and by Mul(x, Sigmoid(x)).
-        if let [a, b] = users.as_slice() {
-            let (s, m) = if is(g, *a, "Sigmoid") { (*a, *b) } else { (*b, *a) };
-            if is(g, s, "Sigmoid") && is(g, m, "Mul") {
-                let sig_out = g.node(s).output(0);
-                let mul_in: Vec<ValueId> = g.node(m).inputs().iter().flatten().copied().collect();
-                if sig_out.is_some_and(|so| mul_in.contains(&so) && g.users(so).len() == 1) && mul_in.contains(&v) {
-                    let Some(out) = g.node(m).output(0) else { break };
-                    ops.push("SiLU".to_string());
-                    v = out;
-                    continue;
-                }
-            }
-        }
-        let [u] = users.as_slice() else { break };
-        let op = g.node(*u).op_type();
-        let Some(out) = g.node(*u).output(0) else { break };
-        if ACTIVATIONS.contains(&op) {
-            ops.push(op.to_string());
-            v = out;
-        } else if op == "Add" {
-            // A residual Add joins the epilogue when its other input is
-            // dequantized INT8 or a constant (a bias).
-            let other = g.node(*u).inputs().iter().flatten().copied().find(|&i| i != v);
-            if other.is_some_and(|o| from_dq(g, Some(o)).is_some() || g.constant(o).is_some()) {
-                ops.push("Add".to_string());
-                v = out;
-            } else {
-                break;
-            }
-        } else {
-            break;
-        }
-    }
-    (v, ops)
-}
-
 /// Where a DQ's value ends up after DQ propagation: the first readers that
 /// do not commute with quantization.
 fn propagated_readers(g: &Graph, v: ValueId) -> Vec<NodeId> {
@@ -262,7 +215,7 @@ pub fn predict(g: &Graph) -> Fusion {
         }
         let node = g.node(n);
         let Some(y) = node.output(0) else { continue };
-        let (end, epi) = epilogue(g, y);
+        let (end, epi) = fused_epilogue(g, y);
         let readers = g.users(end);
         let qs = readers.iter().filter(|&&r| is(g, r, "QuantizeLinear")).count();
         let output = match (qs, readers.len() - qs) {
