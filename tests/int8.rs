@@ -125,6 +125,27 @@ fn residual_fusable_leaves_the_conv_side_of_the_add_unquantized() {
     assert!(both.findings.iter().any(|f| f.rule == Rule::ResidualQdq && f.node == "conv2"), "{:?}", both.findings);
 }
 
+/// A scale FP16 cannot hold (an untrained model's tiny activations) keeps its
+/// Q/DQ in FP32 behind Casts instead of becoming 0 (which TensorRT refuses
+/// and which broke `yolo-int8` on the untrained YOLOv5n).
+#[test]
+fn to_fp16_keeps_q_dq_whose_scale_underflows_fp16_in_fp32() {
+    let mut g = parse_graph(
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @s: f32[] = [0.05]\n  init @t: f32[] = [1e-9]\n  init @z: i8[] = [0]\n  init @w: f32[2,2,1,1] = rand(1)\n  %r = Relu(%x) : f32[1,2,4,4]  # relu\n  %q = QuantizeLinear(%r, @s, @z) : i8[1,2,4,4]  # q\n  %d = DequantizeLinear(%q, @s, @z) : f32[1,2,4,4]  # dq\n  %c = Conv(%d, @w) : f32[1,2,4,4]  # conv\n  %q2 = QuantizeLinear(%c, @t, @z) : i8[1,2,4,4]  # tq\n  %d2 = DequantizeLinear(%q2, @t, @z) : f32[1,2,4,4]  # tdq\n  %y = Relu(%d2) : f32[1,2,4,4]  # out\n  output %y\n}\n",
+    )
+    .unwrap();
+    let report = run_pipeline(&mut g, "passes:\n  - to-fp16\n").unwrap();
+    qforge_ir::verify(&g).unwrap();
+    let scale_type = |name: &str| g.dtype(g.node(g.find_node(name).unwrap()).input(1).unwrap());
+    assert_eq!(scale_type("q"), Some(DataType::F16));
+    assert_eq!(scale_type("dq"), Some(DataType::F16));
+    assert_eq!(scale_type("tq"), Some(DataType::F32), "1e-9 is 0 in FP16");
+    assert_eq!(scale_type("tdq"), Some(DataType::F32));
+    let run = report.runs.iter().find(|p| p.name == "to-fp16").unwrap();
+    assert_eq!(run.report.get("Q/DQ kept FP32 (scale below FP16)"), 2, "{:?}", run.report);
+    assert!(qforge_passes::tensorrt::legality::check(&g, true).errors.is_empty());
+}
+
 fn tensorrt_error(text: &str) -> String {
     qforge_passes::builtin::link();
     let mut g = parse_graph(text).unwrap();

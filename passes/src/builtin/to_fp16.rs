@@ -116,8 +116,10 @@ impl ToFp16 {
             // yields FP16 through a float16 copy of the scale.
             let q_reads_fp32 =
                 is_q && node.input(0).is_some_and(|v| g.producer_node(v).is_none_or(|p| !conv.contains(&p)));
+            let is_qdq = is_q || node.is_op("DequantizeLinear");
             let keep = !matches!(node.domain(), "" | "ai.onnx")
-                || (!qdq16 && (is_q || node.is_op("DequantizeLinear")))
+                || (!qdq16 && is_qdq)
+                || (is_qdq && !scale_fits_f16(g, n))
                 || q_reads_fp32
                 || outs.iter().any(|v| overflow.contains(v))
                 // Constant nodes keep their FP32 data (fold-constants makes them
@@ -154,6 +156,19 @@ fn cast(g: &mut Graph, v: ValueId, to: i64, first: NodeId) -> Result<ValueId, Pa
     let shape = g.type_info(v).and_then(|t| t.shape);
     g.set_type(out, &TypeInfo { dtype: Some(if to == F16 { DataType::F16 } else { DataType::F32 }), shape });
     Ok(out)
+}
+
+/// Whether every value of a Q/DQ's constant scale survives float16 within
+/// 1%: tiny scales (an untrained model's activations, amax/127 below ~6e-6)
+/// become float16 subnormals or 0, which would change or break the
+/// quantization; such a Q/DQ stays FP32 behind Casts.
+fn scale_fits_f16(g: &Graph, n: NodeId) -> bool {
+    let Some(t) = g.node(n).input(1).and_then(|s| g.constant(s)) else { return true };
+    let Ok(v) = t.to_f32_vec() else { return true };
+    v.iter().all(|&x| {
+        let h = f16::from_f32(x).to_f32();
+        h.is_finite() && h > 0.0 && ((h - x) / x).abs() <= 0.01
+    })
 }
 
 fn to_f16(t: &Tensor) -> Result<Tensor, String> {
@@ -205,6 +220,17 @@ impl Pass for ToFp16 {
             }
         }
         let conv = self.converted(g, qdq16, &overflow);
+        if qdq16 {
+            let tiny = g
+                .nodes()
+                .filter(|&n| g.node(n).is_op("QuantizeLinear") || g.node(n).is_op("DequantizeLinear"))
+                .filter(|&n| !scale_fits_f16(g, n))
+                .count();
+            if tiny > 0 {
+                r.info("Q/DQ kept FP32 (scale below FP16)", tiny as u64);
+                r.note(format!("{tiny} Q/DQ keep FP32 scales behind Casts: their scales underflow FP16"));
+            }
+        }
         let Some(first) = g.nodes().next() else { return Ok(r) };
         // Which side of each float value is FP16: its definition, and each read.
         let values: Vec<ValueId> = g.value_ids().filter(|&v| g.dtype(v) == Some(DataType::F32)).collect();
