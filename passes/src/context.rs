@@ -248,6 +248,9 @@ pub enum PassError {
         /// The modules that registered it (`module_path!()`), sorted.
         modules: Vec<String>,
     },
+    /// The run was asked to stop ([`crate::interrupt::request`]).
+    #[error("interrupted")]
+    Interrupted,
     /// An IR error inside a pass.
     #[error("{context}: {source}")]
     Ir {

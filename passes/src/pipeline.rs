@@ -187,19 +187,82 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 /// Largest pipeline file.
 const MAX_PIPELINE_BYTES: u64 = 1 << 20;
 
+/// The folder built-in pipelines appear to live in (in labels and errors).
+const BUILTIN_DIR: &str = "<built-in>";
+
+/// Where pipeline files are read from.
+enum Files<'a> {
+    /// The file system.
+    Disk,
+    /// Embedded `(name, text)` pairs; `<built-in>/NAME.yaml` is `NAME`.
+    Builtin(&'a [(&'a str, &'a str)]),
+}
+
+impl Files<'_> {
+    /// The text of `path` and the key that detects include cycles.
+    fn read(&self, path: &Path, at: &Origin) -> Result<(String, PathBuf), PassError> {
+        let label = path.display().to_string();
+        match self {
+            Files::Disk => {
+                let size =
+                    qforge_ir::regular_file(path).map_err(|e| pipeline_err(at.clone(), format!("cannot read {e}")))?;
+                if size > MAX_PIPELINE_BYTES {
+                    return Err(pipeline_err(
+                        at.clone(),
+                        format!("{label} is {size} bytes; a pipeline is at most {MAX_PIPELINE_BYTES}"),
+                    ));
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| pipeline_err(at.clone(), format!("cannot read {label}: {e}")))?;
+                Ok((text, path.canonicalize().unwrap_or_else(|_| path.to_path_buf())))
+            }
+            Files::Builtin(all) => {
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let found = (path.parent() == Some(Path::new(BUILTIN_DIR))
+                    && path.extension().is_some_and(|e| e == "yaml"))
+                .then(|| all.iter().find(|(n, _)| *n == name))
+                .flatten();
+                match found {
+                    Some((_, text)) => Ok((text.to_string(), path.to_path_buf())),
+                    None => {
+                        let names: Vec<&str> = all.iter().map(|p| p.0).collect();
+                        Err(pipeline_err(
+                            at.clone(),
+                            format!("{label}: not a built-in pipeline (built-in: {})", names.join(", ")),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Pipeline {
     /// Loads a pipeline file, expanding includes (relative to the file).
     pub fn load(path: impl AsRef<Path>) -> Result<Pipeline, PassError> {
         let mut p = Pipeline::default();
         let mut stack = Vec::new();
         let mut loads = 0;
-        p.load_into(path.as_ref(), &mut stack, None, &mut loads)?;
+        p.load_into(path.as_ref(), &Files::Disk, &mut stack, None, &mut loads)?;
+        Ok(p)
+    }
+
+    /// Loads the pipeline `name` from a set of built-in `(name, text)`
+    /// pipelines (those a binary embeds); its `include: [x.yaml]` resolve to
+    /// the built-in `x`, so shipped pipelines work from any folder.
+    pub fn load_builtin(name: &str, builtins: &[(&str, &str)]) -> Result<Pipeline, PassError> {
+        let mut p = Pipeline::default();
+        let mut stack = Vec::new();
+        let mut loads = 0;
+        let path = Path::new(BUILTIN_DIR).join(format!("{name}.yaml"));
+        p.load_into(&path, &Files::Builtin(builtins), &mut stack, None, &mut loads)?;
         Ok(p)
     }
 
     fn load_into(
         &mut self,
         path: &Path,
+        files: &Files<'_>,
         stack: &mut Vec<PathBuf>,
         from: Option<Origin>,
         loads: &mut usize,
@@ -218,16 +281,7 @@ impl Pipeline {
                 ),
             ));
         }
-        let size = qforge_ir::regular_file(path).map_err(|e| pipeline_err(at.clone(), format!("cannot read {e}")))?;
-        if size > MAX_PIPELINE_BYTES {
-            return Err(pipeline_err(
-                at,
-                format!("{label} is {size} bytes; a pipeline is at most {MAX_PIPELINE_BYTES}"),
-            ));
-        }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| pipeline_err(at.clone(), format!("cannot read {label}: {e}")))?;
-        let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let (text, canon) = files.read(path, &at)?;
         if stack.contains(&canon) {
             return Err(pipeline_err(at, format!("include cycle: {label} includes itself")));
         }
@@ -243,7 +297,7 @@ impl Pipeline {
         }
         for inc in &raw.include {
             let o = origin_of(&label, &inc.referenced);
-            self.load_into(&base.join(&inc.value), stack, Some(o), loads)?;
+            self.load_into(&base.join(&inc.value), files, stack, Some(o), loads)?;
         }
         let src = Source { label: &label, text: &text };
         for e in &raw.passes {

@@ -8,10 +8,33 @@ use clap::Args;
 pub struct PassesArgs {
     /// Show only this pass.
     name: Option<String>,
+    /// List the built-in pipelines (usable by name: `qforge run yolo-int8 …`).
+    #[arg(long, conflicts_with_all = ["name", "show"])]
+    pipelines: bool,
+    /// Print the YAML of this built-in pipeline (a starting point for your own).
+    #[arg(long, value_name = "PIPELINE", conflicts_with = "name")]
+    show: Option<String>,
 }
 
 /// Runs the command.
 pub fn run(a: PassesArgs) -> Result<()> {
+    if a.pipelines {
+        for (name, _) in crate::BUILTIN_PIPELINES {
+            let p = qforge_passes::Pipeline::load_builtin(name, crate::BUILTIN_PIPELINES)?;
+            let about = p.about.split(". ").next().unwrap_or_default().trim_end_matches('.');
+            println!("{name}\n    {about}.\n    passes: {}", p.pass_names().join(", "));
+        }
+        println!("\nRun one by name from any folder (`qforge run NAME -i IN -o OUT`); `--show NAME` prints its YAML.");
+        return Ok(());
+    }
+    if let Some(name) = &a.show {
+        let Some((_, text)) = crate::BUILTIN_PIPELINES.iter().find(|(n, _)| n == name) else {
+            let names: Vec<&str> = crate::BUILTIN_PIPELINES.iter().map(|p| p.0).collect();
+            bail!("--show {name}: not a built-in pipeline (built-in: {})", names.join(", "));
+        };
+        print!("{text}");
+        return Ok(());
+    }
     let all = qforge_passes::all_passes();
     let shown: Vec<_> = all.iter().filter(|p| a.name.as_deref().is_none_or(|n| n == p.name)).collect();
     if shown.is_empty() {

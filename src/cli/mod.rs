@@ -55,6 +55,91 @@ enum Command {
 /// registrations of one pass, metric or subcommand name are an error at
 /// start-up that names both.
 pub fn main_with(plugins: &[Register]) -> ExitCode {
+    main_from(plugins, std::env::args_os())
+}
+
+/// [`main_with`] on the given command line (its first item is the program
+/// name). Prints errors as the binary does and returns the exit code: what
+/// an embedding program such as the Python wheel's `qforge` script calls.
+pub fn main_from<I, T>(plugins: &[Register], args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    ExitCode::from(exit_code(plugins, args))
+}
+
+/// The exit code of [`main_from`] as a number (0 success, 1 error, 2 usage).
+pub fn exit_code<I, T>(plugins: &[Register], args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match dispatch(plugins, args) {
+        Ok(()) => 0,
+        Err(Err(e)) => {
+            // clap prints help to stdout and errors to stderr, in colour on a terminal.
+            let _ = e.print();
+            match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            }
+        }
+        Err(Ok(msg)) => {
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// `--help` or `--version` was asked for: the text to print (not an error).
+    Help(String),
+    /// The command line is wrong: clap's message, usage included.
+    Usage(String),
+    /// The command failed: the one-line message the binary prints after `error: `.
+    Error(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Help(t) | Failure::Usage(t) => f.write_str(t.trim_end()),
+            Failure::Error(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs a command line (first item: the program name) without printing the
+/// outcome: the entry point of APIs that report errors their own way (the
+/// Python module raises the [`Failure::Error`] line as an exception). A panic
+/// in a pass or an engine is contained and becomes an "internal error".
+pub fn try_main<I, T>(plugins: &[Register], args: I) -> Result<(), Failure>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    dispatch(plugins, args).map_err(|e| match e {
+        Ok(msg) => Failure::Error(msg),
+        Err(e) => {
+            let text = e.render().to_string();
+            match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => Failure::Help(text),
+                _ => Failure::Usage(text),
+            }
+        }
+    })
+}
+
+/// Parses and runs; the error is the one-line message of a failed command,
+/// or clap's error for a command line that asks for help or is wrong.
+fn dispatch<I, T>(plugins: &[Register], args: I) -> Result<(), Result<String, clap::Error>>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     // The built-in passes register like a plugin's: referencing the crate
     // keeps the linker from dropping them.
     qforge_passes::builtin::link();
@@ -63,26 +148,14 @@ pub fn main_with(plugins: &[Register]) -> ExitCode {
         register(&mut q);
     }
     let extra = q.into_subcommands();
-    if let Err(e) =
-        check_subcommands(&extra).and_then(|()| qforge_passes::check_registrations().map_err(|e| e.to_string()))
-    {
-        eprintln!("error: this qforge binary is misconfigured: {e}");
-        return ExitCode::from(1);
-    }
+    check_subcommands(&extra)
+        .and_then(|()| qforge_passes::check_registrations().map_err(|e| e.to_string()))
+        .map_err(|e| Ok(format!("this qforge binary is misconfigured: {e}")))?;
     let mut command = Cli::command();
     for s in &extra {
         command = command.subcommand(s.command().clone());
     }
-    let matches = match command.try_get_matches() {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(2),
-            };
-        }
-    };
+    let matches = command.try_get_matches_from(args).map_err(Err)?;
     install_panic_hook();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         if let Some((name, args)) = matches.subcommand()
@@ -98,18 +171,14 @@ pub fn main_with(plugins: &[Register]) -> ExitCode {
         }
     }));
     match result {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("error: {}", one_line(&e));
-            ExitCode::from(1)
-        }
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ok(one_line(&e))),
         Err(_) => {
             let what = LAST_PANIC.lock().ok().and_then(|m| m.clone()).unwrap_or_else(|| "unknown".into());
-            eprintln!(
-                "error: internal error in qforge: {what} (this is a bug; please report it with the command line; \
+            Err(Ok(format!(
+                "internal error in qforge: {what} (this is a bug; please report it with the command line; \
                  QFORGE_BACKTRACE=1 prints the backtrace)"
-            );
-            ExitCode::from(1)
+            )))
         }
     }
 }
@@ -144,6 +213,11 @@ static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None
 /// multi-line dump and 101. Panics that are caught on purpose (an engine
 /// crash turned into an error at the engine boundary) print nothing.
 fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(set_panic_hook);
+}
+
+fn set_panic_hook() {
     let verbose = std::env::var_os("QFORGE_BACKTRACE").is_some();
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

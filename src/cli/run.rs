@@ -12,7 +12,7 @@ use qforge_passes::{ManagerOptions, NumericsOptions, PassContext, PassManager, P
 /// Arguments of `qforge run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Pipeline: a YAML file, or the name of a built-in pipeline (`fold`).
+    /// Pipeline: a YAML file, or the name of a built-in pipeline (fold, calibrate, yolo-int8, yolo-int8-trt8; `qforge passes --pipelines`).
     pipeline: String,
     /// Input ONNX model.
     #[arg(short, long)]
@@ -99,8 +99,8 @@ pub(crate) fn load_pipeline(spec: &str) -> Result<Pipeline> {
     if path.exists() {
         return Ok(Pipeline::load(path)?);
     }
-    if let Some((_, text)) = crate::BUILTIN_PIPELINES.iter().find(|(n, _)| *n == spec) {
-        return Ok(Pipeline::parse(text, &format!("<built-in {spec}.yaml>"))?);
+    if crate::BUILTIN_PIPELINES.iter().any(|(n, _)| *n == spec) {
+        return Ok(Pipeline::load_builtin(spec, crate::BUILTIN_PIPELINES)?);
     }
     let names: Vec<&str> = crate::BUILTIN_PIPELINES.iter().map(|p| p.0).collect();
     bail!("pipeline {spec}: no such file, and not a built-in pipeline ({})", names.join(", "))

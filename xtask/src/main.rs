@@ -4,6 +4,7 @@
 //! - `demo`:   the README's main job: fold every real model with `pipelines/fold.yaml`, checked numerically.
 //! - `bench`:  qforge side by side with onnxslim (fold) and ONNX Runtime (calibration, INT8
 //!   accuracy); writes `bench/results.md`.
+//! - `wheel`:  the Python wheel (`pip install qforge`: the `qforge` command and `import qforge`).
 //!
 //! Everything external (python, pip, cargo, qforge) is run as a child process with its
 //! command line in the error context, so a failure says what was run and what to install.
@@ -15,6 +16,7 @@ mod demo_int8;
 mod models;
 mod skeleton;
 mod util;
+mod wheel;
 
 use std::process::ExitCode;
 
@@ -52,6 +54,12 @@ enum Task {
     /// a tool cannot run. Installs onnxslim, onnxruntime, onnx, numpy, pillow (pip) if missing;
     /// needs GNU time (`/usr/bin/time`) for peak memory.
     Bench(bench::Args),
+    /// Build the Python wheel with maturin: `pip install` it for the `qforge` command and `import qforge`.
+    ///
+    /// One abi3 wheel for CPython >= 3.9 (in `target/wheels/`); the built-in pipelines are inside,
+    /// so `qforge run yolo-int8 …` works from any folder. Installs maturin with pip when missing.
+    /// `--dev` builds faster (for tests).
+    Wheel(wheel::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +68,7 @@ fn main() -> ExitCode {
         Task::Assets(args) => assets::run(&args).map(|_| ()),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Wheel(args) => wheel::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

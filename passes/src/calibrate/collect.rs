@@ -116,6 +116,7 @@ pub fn collect(
     let chunk = (rayon::current_num_threads() * 2).max(1);
     let indices: Vec<usize> = (0..data.len()).collect();
     for group in indices.chunks(chunk) {
+        crate::interrupt::check()?;
         let results: Vec<Result<(HostTensor, Vec<HostTensor>), DataError>> = group
             .par_iter()
             .map(|&i| {

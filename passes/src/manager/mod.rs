@@ -255,6 +255,7 @@ impl PassManager {
         cx: &mut PassContext,
         st: &mut RunState<'a>,
     ) -> Result<bool, PassError> {
+        crate::interrupt::check()?;
         let name = i.step.name.as_str();
         let exact = i.pass.tolerance() == Tolerance::Exact;
         // A lossy pass gets a check of its own: close the exact ones' first.

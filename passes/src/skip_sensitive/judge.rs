@@ -16,7 +16,8 @@ use qforge_ir::{Graph, Model};
 use qforge_runtime::{Engine, HostTensor, SessionOptions};
 
 use crate::PassError;
-use crate::metric::{MetricInfo, sqnr_db};
+use crate::metric::sqnr_db;
+use crate::model_metric::Metric;
 
 /// What a candidate scored: the metric (higher is better) and the SQNR of
 /// all outputs against the float model, in dB.
@@ -34,8 +35,8 @@ pub struct Judge {
     pub inputs: Vec<HostTensor>,
     /// The float model's outputs on them.
     pub reference: Vec<Vec<HostTensor>>,
-    /// The metric.
-    pub metric: &'static MetricInfo,
+    /// The metric: of the outputs, or of the model file (the user's evaluation).
+    pub metric: Metric,
     /// The engine that runs candidates.
     pub engine: Engine,
     /// Fixed dims of the input, by name.
@@ -68,16 +69,22 @@ impl Judge {
         run_all(g, &self.inputs, Vec::new(), self.engine, &self.input_shapes, what)
     }
 
-    /// The score of outputs computed elsewhere.
-    pub fn score_outputs(&self, test: &[Vec<HostTensor>]) -> Result<Score, PassError> {
-        let m = (self.metric.score)(&self.reference, test)
-            .map_err(|e| PassError::msg(format!("metric {}: {e}", self.metric.name)))?;
+    /// The score of `g`, whose outputs on the samples were computed
+    /// elsewhere: the metric on them, or on the model file for a model
+    /// metric; the SQNR always from the outputs.
+    pub fn score_model(&self, g: &Graph, test: &[Vec<HostTensor>]) -> Result<Score, PassError> {
+        let m = match &self.metric {
+            Metric::Outputs(info) => {
+                (info.score)(&self.reference, test).map_err(|e| PassError::msg(format!("metric {}: {e}", info.name)))?
+            }
+            Metric::Model { .. } => self.metric.score_graph(g)?,
+        };
         Ok(Score { metric: m, sqnr: sqnr_db(&self.reference, test) })
     }
 
     /// Runs `g` and scores it.
     pub fn score(&self, g: &Graph, what: &str) -> Result<Score, PassError> {
-        self.score_outputs(&self.outputs(g, what)?)
+        self.score_model(g, &self.outputs(g, what)?)
     }
 
     /// True when `a` is better than `b`: a higher metric beyond the tie
@@ -99,7 +106,7 @@ mod tests {
         Judge {
             inputs: Vec::new(),
             reference: Vec::new(),
-            metric: crate::metric::find_metric("sqnr").expect("sqnr is built in"),
+            metric: Metric::Outputs(crate::metric::find_metric("sqnr").expect("sqnr is built in")),
             engine: Engine::Tract,
             input_shapes: BTreeMap::new(),
             tie,

@@ -35,7 +35,8 @@ pub use layers::{quantized_layers, to_float};
 
 use crate::calibrate::CalibrationData;
 use crate::insert_qdq::FloatReference;
-use crate::metric::{all_metrics, find_metric};
+use crate::metric::find_metric;
+use crate::model_metric::{Metric, MetricSpec};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
 
@@ -45,8 +46,10 @@ use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, re
 pub struct SkipSensitive {
     /// At most this many layers go back to float.
     pub top_k: usize,
-    /// The quality metric: a registered name (`sqnr`, `cosine`, or one a plugin registers; `qforge passes` lists them).
-    pub metric: String,
+    /// The quality metric: a registered name (`sqnr`, `cosine`, or one a
+    /// plugin registers; `qforge passes` lists them), or the user's own
+    /// evaluation (`{command: …}`, `{callback: …}`, see [`MetricSpec`]).
+    pub metric: MetricSpec,
     /// Stop once the metric reaches this value.
     pub target: Option<f64>,
     /// Samples the model is judged on.
@@ -74,7 +77,7 @@ impl Default for SkipSensitive {
     fn default() -> Self {
         SkipSensitive {
             top_k: 3,
-            metric: "sqnr".into(),
+            metric: MetricSpec::default(),
             target: None,
             samples: 8,
             local_samples: 4,
@@ -93,7 +96,7 @@ impl PassOptions for SkipSensitive {
         ("top_k", "at most this many layers go back to float (default 3)"),
         (
             "metric",
-            "quality metric, higher is better: sqnr (default), cosine, or a plugin's (`qforge passes` lists them); near-ties broken by SQNR",
+            "quality metric, higher is better: sqnr (default), cosine, a plugin's (`qforge passes` lists them), or your own evaluation: {command: \"python val.py --model {model}\", timeout: SECONDS} runs it on each candidate model and reads the score from the last line it prints; near-ties broken by SQNR",
         ),
         ("target", "stop once the metric reaches this value (default none)"),
         ("samples", "samples the model is judged on (default 8)"),
@@ -191,10 +194,7 @@ impl Pass for SkipSensitive {
             .get::<FloatReference>()
             .map(|f| f.0.clone())
             .ok_or_else(|| PassError::msg("run insert-qdq before skip-sensitive"))?;
-        let metric = find_metric(&self.metric).ok_or_else(|| {
-            let names: Vec<&str> = all_metrics().iter().map(|m| m.name).collect();
-            PassError::msg(format!("unknown metric `{}` (metrics: {})", self.metric, names.join(", ")))
-        })?;
+        let metric = self.metric.resolve()?;
         let Samples { inputs, from, reference: cached } = self.samples(cx)?;
         let shape = cx.ext.get::<CalibrationData>().map(|c| c.shape.clone()).unwrap_or_default();
         let mut input_shapes = BTreeMap::new();
@@ -273,17 +273,19 @@ impl Pass for SkipSensitive {
         let base_outputs = base_run.graph_outputs();
         // A task metric that cannot judge these samples (e.g. the float model
         // detects nothing) falls back to SQNR rather than failing the pipeline.
-        let base = match judge.score_outputs(&base_outputs) {
+        // The user's own evaluation failing is an error, never replaced.
+        let base = match judge.score_model(g, &base_outputs) {
             Ok(s) => s,
-            Err(e) if metric.name != "sqnr" => {
+            Err(e) if matches!(judge.metric, Metric::Outputs(m) if m.name != "sqnr") => {
                 r.note(format!("{e}; judging by sqnr instead"));
-                judge.metric =
-                    find_metric("sqnr").ok_or_else(|| PassError::msg("the sqnr metric is not registered"))?;
-                judge.score_outputs(&base_outputs)?
+                judge.metric = Metric::Outputs(
+                    find_metric("sqnr").ok_or_else(|| PassError::msg("the sqnr metric is not registered"))?,
+                );
+                judge.score_model(g, &base_outputs)?
             }
             Err(e) => return Err(e),
         };
-        let name = judge.metric.name;
+        let name = judge.metric.name().to_string();
         r.note(format!(
             "everything quantized: {name} {:.4}, SQNR {:.2} dB on {} {from}",
             base.metric,
@@ -302,6 +304,7 @@ impl Pass for SkipSensitive {
             .par_iter()
             .zip(&trials)
             .map(|(&i, trial)| {
+                crate::interrupt::check()?;
                 let s = judge.score_trial(trial, &[layers[i]], cache, "skip-sensitive: trial");
                 bar.inc(1);
                 s
@@ -330,6 +333,7 @@ impl Pass for SkipSensitive {
         let mut current = base;
         let mut chosen: Vec<NodeId> = Vec::new();
         for c in &mut cands {
+            crate::interrupt::check()?;
             if chosen.len() >= self.top_k {
                 c.why = "top_k reached";
                 continue;
@@ -390,7 +394,7 @@ impl Pass for SkipSensitive {
                 Some(dir) if p.is_relative() => dir.join(p),
                 _ => p.clone(),
             };
-            let doc = report_json(name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
+            let doc = report_json(&name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
             crate::calibrate::table::write_atomic(&p, &serde_json::to_string_pretty(&doc).unwrap_or_default())
                 .map_err(PassError::msg)?;
         }

@@ -219,7 +219,7 @@ impl Judge {
                     .collect::<Vec<_>>(),
             );
         }
-        self.score_outputs(&outputs)
+        self.score_model(trial, &outputs)
     }
 }
 
@@ -277,7 +277,7 @@ mod tests {
         let judge = Judge {
             inputs,
             reference,
-            metric: crate::metric::find_metric("sqnr").unwrap(),
+            metric: crate::model_metric::Metric::Outputs(crate::metric::find_metric("sqnr").unwrap()),
             engine,
             input_shapes: shapes,
             tie: 0.0,

@@ -151,18 +151,31 @@ pub fn check(g: &Graph, fp16: bool) -> Legality {
     }
     // Precision per weighted layer.
     for n in g.nodes() {
-        let node = g.node(n);
-        if !crate::qdq_rules::WEIGHTED_OPS.contains(&node.op_type()) {
-            continue;
+        let Some(p) = layer_precision(g, n, fp16) else { continue };
+        if p != "INT8" {
+            l.float_layers.push(g.node(n).name().to_string());
         }
-        let dq = |slot: usize| node.input(slot).is_some_and(|v| produced_by(g, v, "DequantizeLinear").is_some());
-        let p = if dq(0) && dq(1) {
-            "INT8"
-        } else {
-            l.float_layers.push(node.name().to_string());
-            if fp16 { "FP16" } else { "FP32" }
-        };
         *l.precisions.entry(p).or_default() += 1;
     }
     l
+}
+
+/// The precision TensorRT runs weighted layer `n` in (`None` for other
+/// ops): `INT8` when both its data and weight come through
+/// DequantizeLinear, else `FP16` when it computes in float16 or the build
+/// lets float layers run in FP16 (`fp16_rest`), else `FP32`.
+pub fn layer_precision(g: &Graph, n: NodeId, fp16_rest: bool) -> Option<&'static str> {
+    let node = g.node(n);
+    if !crate::qdq_rules::WEIGHTED_OPS.contains(&node.op_type()) {
+        return None;
+    }
+    let dq = |slot: usize| node.input(slot).is_some_and(|v| produced_by(g, v, "DequantizeLinear").is_some());
+    let half = node.output(0).and_then(|o| g.dtype(o)) == Some(DataType::F16);
+    Some(if dq(0) && dq(1) {
+        "INT8"
+    } else if half || fp16_rest {
+        "FP16"
+    } else {
+        "FP32"
+    })
 }
