@@ -139,15 +139,21 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
     format!("the Python metric raised {ty}: {}", e.value(py))
 }
 
-/// The registered passes: name, one-line description, options with their
-/// defaults and documentation, and whether `--calib` feeds it.
-#[pyfunction]
-fn passes(py: Python<'_>) -> PyResult<Vec<Py<PyDict>>> {
+/// Links the built-in passes and the plugins' passes and metrics (their
+/// registrations are what `passes()` and `metrics()` list).
+fn link_plugins() {
     qforge::passes::builtin::link();
     let mut q = qforge::cli::Plugin::default();
     for register in PLUGINS {
         register(&mut q);
     }
+}
+
+/// The registered passes: name, one-line description, options with their
+/// defaults and documentation, and whether `--calib` feeds it.
+#[pyfunction]
+fn passes(py: Python<'_>) -> PyResult<Vec<Py<PyDict>>> {
+    link_plugins();
     qforge::passes::all_passes()
         .into_iter()
         .map(|p| {
@@ -172,11 +178,7 @@ fn passes(py: Python<'_>) -> PyResult<Vec<Py<PyDict>>> {
 /// The registered output metrics: name → description.
 #[pyfunction]
 fn metrics() -> BTreeMap<String, String> {
-    qforge::passes::builtin::link();
-    let mut q = qforge::cli::Plugin::default();
-    for register in PLUGINS {
-        register(&mut q);
-    }
+    link_plugins();
     qforge::passes::all_metrics().into_iter().map(|m| (m.name.to_string(), m.about.to_string())).collect()
 }
 
