@@ -33,6 +33,7 @@ mod numerics;
 pub mod ops;
 pub mod opset;
 mod pipeline;
+pub mod precision;
 pub mod qdq_rules;
 mod registry;
 pub mod skip_sensitive;
