@@ -116,8 +116,8 @@ mod tests {
         // 16 old bins per new bin, in order.
         assert_eq!(d[0] as f64, counts[..16].iter().sum::<f64>());
         assert_eq!(d[127] as f64, counts[2032..].iter().sum::<f64>());
-        // Fewer bins than asked: each lands where its centre is.
-        assert_eq!(downsample(&[1.0, 2.0], 4), vec![1, 0, 2, 0]);
+        // Fewer bins than asked: each lands where its centre is (0.25 and 0.75 of the range).
+        assert_eq!(downsample(&[1.0, 2.0], 4), vec![0, 1, 0, 2]);
     }
 
     #[test]
