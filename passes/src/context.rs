@@ -31,6 +31,10 @@ pub struct PassContext {
     pub engine: qforge_runtime::Engine,
     /// Seed of everything random.
     pub seed: u64,
+    /// A run report was asked for (`qforge run --report`): passes may spend
+    /// extra time on the data they publish for it ([`PassReport::publish`]),
+    /// e.g. `calibrate` computing every method's threshold per tensor.
+    pub report_detail: bool,
     /// State passes keep for later passes, by type (e.g. a calibration
     /// table one pass measures and another consumes).
     pub ext: Extensions,
@@ -137,7 +141,8 @@ pub enum Tolerance {
 }
 
 /// What a pass did: named counters (in the order first touched) and notes,
-/// for the statistics table and the run report.
+/// for the statistics table and the run report, and structured data for
+/// the run report ([`PassReport::publish`]).
 ///
 /// Whether the graph changed is not reported here: the pass manager reads
 /// it from the graph's mutation counter ([`qforge_ir::Graph::generation`]),
@@ -149,6 +154,10 @@ pub struct PassReport {
     pub counters: Vec<(String, u64)>,
     /// Human-readable remarks, e.g. why a candidate was left alone.
     pub notes: Vec<String>,
+    /// Structured sections for the run report, by name (`"calibration"`,
+    /// `"sensitivity"`): the JSON report carries them as they are and the
+    /// HTML report draws the sections it knows, so both say the same thing.
+    pub data: BTreeMap<String, serde_json::Value>,
 }
 
 impl PassReport {
@@ -180,12 +189,21 @@ impl PassReport {
         self.notes.push(s.into());
     }
 
-    /// Folds another report into this one (fixed-point iterations).
+    /// Publishes a section of structured data for the run report; a second
+    /// section of the same name replaces the first. Keep it bounded: it is
+    /// written into every report (downsample histograms, cap long lists).
+    pub fn publish(&mut self, section: &str, value: serde_json::Value) {
+        self.data.insert(section.to_string(), value);
+    }
+
+    /// Folds another report into this one (fixed-point iterations); the
+    /// other's data sections replace same-named ones.
     pub fn merge(&mut self, other: &PassReport) {
         for (k, v) in &other.counters {
             self.bump(k, *v);
         }
         self.notes.extend(other.notes.iter().cloned());
+        self.data.extend(other.data.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 

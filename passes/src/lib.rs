@@ -35,6 +35,7 @@ mod numerics;
 pub mod ops;
 pub mod opset;
 mod pipeline;
+pub mod precision;
 pub mod qdq_rules;
 mod registry;
 pub mod skip_sensitive;

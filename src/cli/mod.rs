@@ -11,6 +11,7 @@
 mod diff;
 mod inspect;
 mod list;
+mod report_html;
 mod run;
 
 use std::process::ExitCode;

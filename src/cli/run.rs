@@ -58,8 +58,11 @@ pub struct RunArgs {
     /// Allow the output to replace the input file.
     #[arg(long)]
     force: bool,
-    /// Write the run report (passes, counters, times, numerics) as JSON.
-    #[arg(long, value_name = "FILE")]
+    /// Write the run report (passes, counters, times, numerics, the
+    /// precision map and what passes publish: calibration histograms,
+    /// sensitivity ranking): FILE.json as JSON, FILE.html as one
+    /// self-contained page (no network).
+    #[arg(long, value_name = "FILE.json|FILE.html", value_parser = parse_report_path)]
     report: Option<PathBuf>,
     /// Engine that runs the model in passes that execute it (calibration,
     /// sensitivity analysis), unless a pass's own `engine` option says otherwise:
@@ -91,6 +94,31 @@ pub(crate) fn parse_input_shapes(items: &[String]) -> Result<BTreeMap<String, Ve
         out.insert(name.to_string(), dims);
     }
     Ok(out)
+}
+
+/// The formats of `--report`, chosen by the file's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReportFormat {
+    Json,
+    Html,
+}
+
+fn report_format(path: &Path) -> Option<ReportFormat> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "json" => Some(ReportFormat::Json),
+        "html" | "htm" => Some(ReportFormat::Html),
+        _ => None,
+    }
+}
+
+/// `--report FILE`: the extension picks the format, so an unknown one is a
+/// usage error before any work.
+fn parse_report_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    match report_format(&p) {
+        Some(_) => Ok(p),
+        None => Err(format!("{s}: the extension picks the report format: .json or .html")),
+    }
 }
 
 /// Loads a pipeline file, or a built-in pipeline by name.
@@ -200,6 +228,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         quiet: a.quiet,
         seed: a.seed,
         engine: a.engine,
+        report_detail: a.report.is_some(),
         ..Default::default()
     };
     if !a.quiet {
@@ -215,7 +244,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     qforge_ir::save(&model, &a.output, &ExportOptions::default())
         .with_context(|| format!("writing {}", a.output.display()))?;
     if let Some(path) = &a.report {
-        write_report(path, &report, &a, model.repairs())?;
+        write_report(path, &report, &a, &pipeline, model.repairs())?;
     }
     // Work passes left for the written file (e.g. a backend's engine build).
     for hook in std::mem::take(&mut cx.after_save) {
@@ -228,7 +257,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> Result<()> {
+/// The run report as JSON: the one document both formats are made from, so
+/// the HTML page shows exactly what the JSON holds.
+fn report_json(r: &RunReport, a: &RunArgs, pipeline: &Pipeline, repairs: &[String]) -> serde_json::Value {
     let runs: Vec<serde_json::Value> = r
         .runs
         .iter()
@@ -244,6 +275,7 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> 
                 "changed": p.changed,
                 "counters": p.report.counters.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
                 "notes": p.report.notes,
+                "data": p.report.data,
                 "max_rel_err": p.numerics.as_ref().map(|n| n.1),
                 "checked_at": p.checked_at,
             })
@@ -264,7 +296,9 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> 
             })).collect::<Vec<_>>(),
         })
     });
-    let doc = serde_json::json!({
+    serde_json::json!({
+        "qforge": env!("CARGO_PKG_VERSION"),
+        "pipeline": pipeline.name,
         "input": a.input,
         "output": a.output,
         "runs": runs,
@@ -275,9 +309,24 @@ fn write_report(path: &Path, r: &RunReport, a: &RunArgs, repairs: &[String]) -> 
         "verify_seconds": r.verify_time().as_secs_f64(),
         "numerics": numerics,
         "end_to_end_max_rel_err": r.end_to_end.as_ref().map(|e| e.1),
-    });
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        "precision": r.precision,
+    })
+}
+
+/// Writes the report atomically (temporary file + rename) in the format
+/// its extension names.
+fn write_report(path: &Path, r: &RunReport, a: &RunArgs, pipeline: &Pipeline, repairs: &[String]) -> Result<()> {
+    let doc = report_json(r, a, pipeline, repairs);
+    let text = match report_format(path) {
+        Some(ReportFormat::Html) => super::report_html::render(&doc),
+        _ => serde_json::to_string_pretty(&doc)?,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("writing {}", path.display())
+    })?;
     Ok(())
 }

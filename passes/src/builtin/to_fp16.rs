@@ -204,22 +204,31 @@ impl Pass for ToFp16 {
         };
         // Ranges calibration measured: outputs too large for FP16 keep FP32.
         let mut overflow: HashSet<ValueId> = HashSet::new();
+        let mut reasons: Vec<(String, &str, String)> = Vec::new();
         if let Some(t) = cx.ext.get::<crate::calibrate::table::CalibrationTable>() {
             for (&v, range) in &t.tensors {
                 if g.contains_value(v) && range.amax > self.max_fp16 {
                     overflow.insert(v);
                     if let Some(p) = g.producer_node(v) {
-                        r.note(format!(
-                            "{} stays FP32: its calibrated range {:.0} exceeds max_fp16 {}",
-                            describe(g, p),
-                            range.amax,
-                            self.max_fp16
-                        ));
+                        let detail =
+                            format!("its calibrated range {:.0} exceeds max_fp16 {}", range.amax, self.max_fp16);
+                        r.note(format!("{} stays FP32: {detail}", describe(g, p)));
+                        reasons.push((g.node(p).name().to_string(), "overflow", format!("FP32: {detail}")));
                     }
                 }
             }
         }
         let conv = self.converted(g, qdq16, &overflow);
+        for n in g.nodes() {
+            let node = g.node(n);
+            if self.keep_ops.iter().any(|o| o == node.op_type()) || self.keep_names.iter().any(|o| o == node.name()) {
+                let why = "FP32: kept by to-fp16.keep_ops / keep_names".to_string();
+                reasons.push((node.name().to_string(), "kept-fp32", why));
+            }
+        }
+        for (node, kind, why) in reasons {
+            crate::precision::FloatReasons::add(cx, &node, "to-fp16", kind, why);
+        }
         if qdq16 {
             let tiny = g
                 .nodes()

@@ -10,6 +10,7 @@
 
 pub mod collect;
 pub mod histogram;
+pub mod report;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -446,6 +447,9 @@ impl Pass for Calibrate {
         if let Some(p) = self.trt_cache.as_ref().map(beside_output) {
             write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
             r.note(format!("wrote {}", p.display()));
+        }
+        if cx.report_detail {
+            r.publish("calibration", report::section(g, &table, self.percentile));
         }
         cx.ext.insert(table);
         cx.ext.insert(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use qforge_ir::{DataType, Graph, InsertAt, NewNode, NodeId, Tensor, TypeInfo, ValueId, attr_int};
 
 use crate::calibrate::table::CalibrationTable;
+use crate::precision::FloatReasons;
 use crate::qdq_rules::{WEIGHTED_OPS, is_activation, is_residual_add, weight_and_axis};
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
@@ -176,6 +177,9 @@ register_pass!(
     "%y = Conv(%x, @w) => %y = Conv(DQ(Q(%x)), DQ(@w_int8)) with calibrated scales, per TensorRT's placement rules"
 );
 
+/// This pass's name, for the reasons it gives ([`FloatReasons`]).
+const PASS: &str = "insert-qdq";
+
 fn is_qdq(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     node.is_op("QuantizeLinear") || node.is_op("DequantizeLinear")
@@ -310,6 +314,10 @@ impl Pass for InsertQdq {
         }
         let mut excluded: HashSet<NodeId> = g.nodes().filter(|&n| ex.excludes(g, n)).collect();
         r.info("excluded by name/op/regex", excluded.len() as u64);
+        for &n in &excluded {
+            let why = "excluded by the user (insert-qdq.exclude: names, regex or ops)";
+            FloatReasons::add(cx, g.node(n).name(), PASS, "excluded", why);
+        }
         let tail = tail_nodes(g);
         let heads: HashSet<NodeId> = g
             .nodes()
@@ -325,11 +333,17 @@ impl Pass for InsertQdq {
         if self.exclude_tail {
             r.info("post-processing tail (float)", tail.len() as u64);
             excluded.extend(tail.iter().copied());
+            for &n in &tail {
+                let why = "post-processing tail: no weighted op downstream (insert-qdq.exclude_tail)";
+                FloatReasons::add(cx, g.node(n).name(), PASS, "tail", why);
+            }
         }
         if self.exclude_first_conv
             && let Some(first) = g.nodes().find(|&n| g.node(n).is_op("Conv"))
         {
             excluded.insert(first);
+            let why = "the first Conv reads the image (insert-qdq.exclude_first_conv)";
+            FloatReasons::add(cx, g.node(first).name(), PASS, "first-conv", why);
         }
         for op in &self.quantize_ops {
             if !crate::qdq_rules::SCALE_SHARING_OPS.contains(&op.as_str()) {
@@ -408,6 +422,9 @@ impl Pass for InsertQdq {
         let mut missing: Vec<String> = Vec::new();
         let first = g.nodes().next();
         let mut group_amax: HashMap<Vec<ValueId>, Option<f32>> = HashMap::new();
+        // The amax each quantized tensor got (shared scales and head ranges
+        // can differ from the table's), for the run report.
+        let mut ranges = serde_json::Map::new();
         for (v, n, slot) in act_sites {
             let amax = match groups.as_mut() {
                 Some(gr) => {
@@ -432,6 +449,8 @@ impl Pass for InsertQdq {
             };
             let Some(amax) = amax.filter(|_| table.tensors.contains_key(&v)) else {
                 let name = g.value_name(v).to_string();
+                let why = format!("its input \"{name}\" has no calibration range");
+                FloatReasons::add(cx, g.node(n).name(), PASS, "no-range", why);
                 if !missing.contains(&name) {
                     missing.push(name);
                 }
@@ -454,12 +473,14 @@ impl Pass for InsertQdq {
                 let base = g.value_name(v).to_string();
                 let dq = add_pair(g, v, Tensor::scalar(scale), Tensor::scalar(0i8), None, at, &base)?;
                 r.count("activation Q/DQ pairs", 1);
+                ranges.insert(base, serde_json::json!(amax));
                 pairs.insert(v, dq);
                 dq
             };
             g.set_input(n, slot, Some(dq));
         }
         r.info("residual Adds left to fuse", residual_fused);
+        r.publish("ranges", serde_json::Value::Object(ranges));
         if !missing.is_empty() {
             r.info("left float (no range)", missing.len() as u64);
             r.note(format!(

@@ -147,6 +147,10 @@ pub struct RunReport {
     pub end_to_end: Option<(String, f64)>,
     /// With `--check-numerics`: engine, times and every check.
     pub numerics: Option<NumericsReport>,
+    /// Each layer's precision in the final graph and why float ones are
+    /// float ([`crate::precision`]); `None` when nothing was quantized or
+    /// converted.
+    pub precision: Option<Vec<crate::precision::LayerPrecision>>,
 }
 
 impl RunReport {
@@ -203,6 +207,7 @@ impl PassManager {
             st.report.end_to_end = nr.end_to_end.clone();
             st.report.numerics = Some(nr);
         }
+        st.report.precision = crate::precision::precision_map(g, cx.ext.get::<crate::precision::FloatReasons>());
         st.report.total = start.elapsed();
         Ok(st.report)
     }

@@ -37,6 +37,7 @@ use crate::calibrate::CalibrationData;
 use crate::insert_qdq::FloatReference;
 use crate::metric::find_metric;
 use crate::model_metric::{Metric, MetricSpec};
+use crate::precision::FloatReasons;
 use crate::util::describe;
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, Tolerance, register_pass};
 
@@ -361,6 +362,11 @@ impl Pass for SkipSensitive {
                 c.accepted = true;
                 c.why = "improves the model";
                 chosen.push(c.layer);
+                let why = format!(
+                    "sensitive: back in float, {name} {:.4} → {:.4}, SQNR {:.2} → {:.2} dB",
+                    current.metric, combined.metric, current.sqnr, combined.sqnr
+                );
+                FloatReasons::add(cx, &c.name, "skip-sensitive", "sensitivity", why);
                 current = combined;
             } else {
                 c.why = "the combination is no better";
@@ -389,15 +395,16 @@ impl Pass for SkipSensitive {
             base.metric,
             base.sqnr
         ));
+        let doc = report_json(&name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
         if let Some(p) = &self.report {
             let p = match cx.output_path.as_ref().and_then(|o| o.parent()) {
                 Some(dir) if p.is_relative() => dir.join(p),
                 _ => p.clone(),
             };
-            let doc = report_json(&name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
             crate::calibrate::table::write_atomic(&p, &serde_json::to_string_pretty(&doc).unwrap_or_default())
                 .map_err(PassError::msg)?;
         }
+        r.publish("sensitivity", doc);
         Ok(r)
     }
 }
