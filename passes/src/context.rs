@@ -149,6 +149,10 @@ pub struct PassReport {
     pub counters: Vec<(String, u64)>,
     /// Human-readable remarks, e.g. why a candidate was left alone.
     pub notes: Vec<String>,
+    /// Things the user should act on although the pass succeeded (a range
+    /// made up because a tensor saw no finite value); the pass manager also
+    /// lists them among the run's warnings, prefixed with the pass name.
+    pub warnings: Vec<String>,
 }
 
 impl PassReport {
@@ -180,12 +184,18 @@ impl PassReport {
         self.notes.push(s.into());
     }
 
+    /// Adds a warning.
+    pub fn warn(&mut self, s: impl Into<String>) {
+        self.warnings.push(s.into());
+    }
+
     /// Folds another report into this one (fixed-point iterations).
     pub fn merge(&mut self, other: &PassReport) {
         for (k, v) in &other.counters {
             self.bump(k, *v);
         }
         self.notes.extend(other.notes.iter().cloned());
+        self.warnings.extend(other.warnings.iter().cloned());
     }
 }
 
