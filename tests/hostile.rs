@@ -191,3 +191,46 @@ fn calibration_data_without_a_finite_value_warns_naming_the_tensor() {
     let stdout = calibrate(0.5);
     assert!(!stdout.contains("warning: calibrate:"), "{stdout}");
 }
+
+#[test]
+fn check_numerics_refuses_a_tensor_too_big_to_make_naming_the_node() {
+    let dir = common::tempdir();
+    let out = dir.path().join("o.onnx");
+    // A Resize whose scale asks for 4e9 rows, and a MaxPool padded by 2^40:
+    // both are valid graphs whose outputs no machine can hold.
+    let cases = [
+        (
+            "resize.onnx",
+            "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,4,5]
+  init @scales: f32[4] = [1.0,1.0,1000000000.0,1.0]
+  %y = Resize(%x, _, @scales) {mode=\"nearest\"}  # huge_up
+  output %y
+}",
+            "node \"huge_up\" (Resize)",
+        ),
+        (
+            "maxpool.onnx",
+            "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,4,5]
+  %y = MaxPool(%x) {kernel_shape=[2,2], pads=[0,0,1099511627776,1099511627776]}  # huge_pool
+  output %y
+}",
+            "node \"huge_pool\" (MaxPool)",
+        ),
+    ];
+    for (file, text, node) in cases {
+        let model = small_model(dir.path(), file, text);
+        for engine in ["tract", "auto"] {
+            let args = ["run", "fold", "-i", s(&model), "-o", s(&out), "--check-numerics", "--check-engine", engine];
+            let start = Instant::now();
+            let (code, err) = run_with_deadline(&args);
+            one_error(code, &err, node);
+            assert!(err.contains("one tensor may take"), "{err}");
+            assert!(start.elapsed() < Duration::from_secs(30), "{file} took {:?}", start.elapsed());
+            assert!(!out.exists());
+        }
+    }
+}
