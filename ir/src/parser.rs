@@ -163,7 +163,15 @@ fn statement(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
             let v = g.find_value(&name).ok_or_else(|| c.err(format!("output \"{name}\" is not defined")))?;
             let ty = if c.eat(':') { Some(c.type_info()?) } else { None };
             c.end()?;
+            // The printer writes an output's type on its node line too; ONNX
+            // keeps graph outputs out of value_info, so the type read there
+            // moves to the output's declaration (else print → parse would
+            // add a value_info entry the printed graph did not have).
+            let line_type = if g.is_graph_output(v) { None } else { g.take_value_info(v) };
             g.add_output(v);
+            if let Some(t) = line_type.and_then(|i| i.r#type.as_ref().and_then(TypeInfo::from_proto)) {
+                g.set_type(v, &t);
+            }
             if let Some(ty) = ty.filter(|t| t.dtype.is_some() || t.shape.is_some()) {
                 g.set_type(v, &ty);
             }

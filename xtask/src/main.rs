@@ -4,6 +4,7 @@
 //! - `demo`:   the README's main job: fold every real model with `pipelines/fold.yaml`, checked numerically.
 //! - `bench`:  qforge side by side with onnxslim (fold) and ONNX Runtime (calibration, INT8
 //!   accuracy); writes `bench/results.md`.
+//! - `fuzz`:   the stable-Rust fuzz targets of `fuzz/` (import, parser, pipeline, fold).
 //!
 //! Everything external (python, pip, cargo, qforge) is run as a child process with its
 //! command line in the error context, so a failure says what was run and what to install.
@@ -12,6 +13,7 @@ mod assets;
 mod bench;
 mod demo;
 mod demo_int8;
+mod fuzz;
 mod models;
 mod skeleton;
 mod util;
@@ -52,6 +54,13 @@ enum Task {
     /// a tool cannot run. Installs onnxslim, onnxruntime, onnx, numpy, pillow (pip) if missing;
     /// needs GNU time (`/usr/bin/time`) for peak memory.
     Bench(bench::Args),
+    /// Fuzz model import, the text IR parser, pipeline YAML and the fold pipeline (stable Rust).
+    ///
+    /// Runs the targets of `fuzz/` on every core for `--time` seconds in all, prints executions
+    /// per second and findings (inputs saved in `target/fuzz/findings/`), exits non-zero when
+    /// there is one. `--seed S --target T --case N` reproduces a finding; `--write` records the
+    /// run in `bench/results.md`.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +69,7 @@ fn main() -> ExitCode {
         Task::Assets(args) => assets::run(&args).map(|_| ()),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

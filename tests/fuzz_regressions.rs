@@ -1,0 +1,83 @@
+//! The fuzz targets (`fuzz/`, `cargo xtask fuzz`) in the ordinary test
+//! suite: each runs a few hundred cases so it cannot rot, and every finding
+//! of a fuzz run that was fixed is replayed here from its input.
+
+mod common;
+
+use std::time::Duration;
+
+use qforge_fuzz::{KNOWN_OPEN, Kind, Options, Outcome, TARGETS};
+
+/// Runs `cases` cases of a target and fails on any finding.
+fn smoke(name: &str, cases: u64) {
+    let t = qforge_fuzz::target(&common::root(), name).unwrap();
+    let opts = Options {
+        seed: 0x5eed,
+        duration: Duration::from_secs(120),
+        max_cases: Some(cases),
+        threads: 2,
+        budget: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let stats = qforge_fuzz::run(t, &opts);
+    assert_eq!(stats.executions, cases, "{name}: not every case ran");
+    let unknown: Vec<_> = stats
+        .findings
+        .iter()
+        .filter(|f| f.kind != Kind::Oracle || !KNOWN_OPEN.iter().any(|(needle, _)| f.message.contains(needle)))
+        .collect();
+    assert!(unknown.is_empty(), "{name}: {unknown:#?}");
+    // The inputs are not all refused (a target whose generator only makes
+    // garbage tests nothing past the first check).
+    assert!(stats.accepted > 0, "{name}: no input was accepted");
+}
+
+#[test]
+fn every_target_runs_a_few_hundred_cases_without_a_finding() {
+    for name in TARGETS {
+        let cases = if name == "fold" { 120 } else { 300 };
+        smoke(name, cases);
+    }
+}
+
+/// Replays one input through a target: it must not be a finding.
+fn replay(target: &str, input: &str) -> Outcome {
+    let t = qforge_fuzz::target(&common::root(), target).unwrap();
+    qforge_fuzz::execute(t.as_ref(), input.as_bytes()).unwrap_or_else(|(kind, msg)| panic!("{kind}: {msg}"))
+}
+
+#[test]
+fn a_resize_scale_of_1e9_in_a_generated_graph_is_refused_not_allocated() {
+    // The fold target's bound (16 MiB) refuses it before tract runs; the
+    // passes still run and leave a valid graph.
+    let text = "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,2,3,3]
+  init @s: f32[4] = [1.0,1.0,1000000000.0,1.0]
+  %y = Resize(%x, _, @s) {mode=\"nearest\"}  # up
+  output %y
+}
+";
+    assert_eq!(replay("fold", text), Outcome::Rejected);
+}
+
+#[test]
+fn a_typed_graph_output_parses_back_without_a_value_info_entry() {
+    // Found by the `parser` target: the printer writes an output's type on
+    // its node line and on its `output` line; the parser stored the first
+    // as a value_info entry the printed graph did not have, so the
+    // re-parsed graph exported to other bytes.
+    let text = "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,4]
+  %a = Relu(%x) : f32[1,4]  # live
+  output %a: f32[1,4]
+}
+";
+    let g = qforge_ir::parse_graph(text).unwrap();
+    let proto = qforge_ir::export(&qforge_ir::Model::new(g.clone()));
+    let graph = proto.graph.unwrap();
+    assert!(graph.value_info.is_empty(), "{:?}", graph.value_info);
+    assert!(graph.output[0].r#type.is_some(), "the output lost its type");
+    assert_eq!(replay("parser", text), Outcome::Accepted);
+}
