@@ -186,7 +186,10 @@ fn calibration_data_without_a_finite_value_warns_naming_the_tensor() {
     // All NaN: the input of the Conv saw no finite value; the range is made up and said so.
     let stdout = calibrate(f32::NAN);
     let warning = stdout.lines().find(|l| l.starts_with("warning: calibrate:")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(warning.contains("only NaN/Inf") && warning.contains(": x (") && warning.contains(" NaN, 0 ±Inf)"), "{warning}");
+    assert!(
+        warning.contains("only NaN/Inf") && warning.contains(": x (") && warning.contains(" NaN, 0 ±Inf)"),
+        "{warning}"
+    );
     // Finite data gives no such warning (the check is not always on).
     let stdout = calibrate(0.5);
     assert!(!stdout.contains("warning: calibrate:"), "{stdout}");

@@ -61,7 +61,8 @@ fn computation_order(g: &Graph) -> Vec<NodeId> {
     loop {
         let before = order.len();
         pending.retain(|&n| {
-            let ready = g.node(n).inputs().iter().flatten().all(|&v| g.producer_node(v).is_none_or(|p| done.contains(&p)));
+            let ready =
+                g.node(n).inputs().iter().flatten().all(|&v| g.producer_node(v).is_none_or(|p| done.contains(&p)));
             if ready {
                 done.insert(n);
                 order.push(n);
