@@ -81,3 +81,25 @@ fn a_typed_graph_output_parses_back_without_a_value_info_entry() {
     assert!(graph.output[0].r#type.is_some(), "the output lost its type");
     assert_eq!(replay("parser", text), Outcome::Accepted);
 }
+
+/// A saved finding's input, replayed through its target.
+fn replay_file(target: &str, file: &str) -> Outcome {
+    let t = qforge_fuzz::target(&common::root(), target).unwrap();
+    let input = std::fs::read(common::root().join("tests/fixtures/fuzz").join(file)).unwrap();
+    qforge_fuzz::execute(t.as_ref(), &input).unwrap_or_else(|(kind, msg)| panic!("{file}: {kind}: {msg}"))
+}
+
+#[test]
+fn tensor_dims_whose_product_overflows_are_refused() {
+    // Found by `import` (seed 20261130, case 232377) and `parser` (case
+    // 3584): the element count of a tensor was a plain product of its dims,
+    // which overflows (a panic) or, in the parser's rand()/fill(), asks for
+    // a 900 GB allocation (an abort).
+    replay_file("import", "import-dims-overflow.onnx");
+    replay_file("parser", "parser-dims-overflow.ir");
+    let e =
+        qforge_ir::parse_graph("graph g {\n  init @w: f32[1099511627776,1099511627776] = fill(0.5)\n}\n").unwrap_err();
+    assert!(e.to_string().contains("too big for the text form"), "{e}");
+    let e = qforge_ir::parse_graph("graph g {\n  init @w: f32[100000,100000] = rand(1)\n}\n").unwrap_err();
+    assert!(e.to_string().contains("too big for the text form"), "{e}");
+}

@@ -159,8 +159,7 @@ impl Gen<'_> {
         let gamma = self.init_rand("gamma", &[k]);
         let beta = self.init_rand("beta", &[k]);
         let mean = self.init_rand("mean", &[k]);
-        let var: Vec<f64> = (0..k).map(|_| 0.05 + self.rng.unit() * 2.0).collect();
-        let mut var = var;
+        let mut var: Vec<f64> = (0..k).map(|_| 0.05 + self.rng.unit() * 2.0).collect();
         if self.bad() && !var.is_empty() {
             var[0] = -1.0;
         }

@@ -20,6 +20,10 @@ use crate::proto::{AttributeProto, NodeProto, ValueInfoProto, attribute_proto::A
 use crate::shape::{Dim, Shape, TypeInfo};
 use crate::tensor::Tensor;
 
+/// Most elements a tensor written in the text form may have (rand/fill
+/// would otherwise allocate whatever the dims say).
+const MAX_ELEMENTS: usize = 1 << 24;
+
 /// Parses a graph in the text form.
 pub fn parse_graph(text: &str) -> Result<Graph, IrError> {
     let mut g: Option<Graph> = None;
@@ -525,8 +529,14 @@ impl Cursor<'_> {
         Ok(TypeInfo { dtype: Some(dtype), shape })
     }
     fn tensor_data(&mut self, dt: DataType, dims: &[i64]) -> Result<Tensor, IrError> {
-        let n: i64 = dims.iter().product();
-        let n = n.max(0) as usize;
+        // Dims are text: a product that overflows, or a tensor rand()/fill()
+        // would spend gigabytes on, is an error, not an abort.
+        let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(0) as usize)).filter(|&n| n <= MAX_ELEMENTS);
+        let Some(n) = n else {
+            return Err(self.err(format!(
+                "a tensor of dims {dims:?} is too big for the text form (at most {MAX_ELEMENTS} elements)"
+            )));
+        };
         self.ws();
         let values: Vec<f64> = if self.peek_str("rand(") {
             self.pos += 5;

@@ -133,7 +133,9 @@ impl Tensor {
 
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.proto.dims.iter().map(|&d| d.max(0) as usize).product()
+        // Saturating: dims come from files, and 2^40 × 2^40 must read as
+        // "too many", not overflow.
+        self.proto.dims.iter().fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
     }
 
     /// The tensor's name as stored in the proto (the graph's value name is

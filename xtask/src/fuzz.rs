@@ -25,7 +25,23 @@ const TARGETS: [&str; 4] = ["import", "parser", "pipeline", "fold"];
 /// Findings of earlier runs, fixed in the code, each with its regression
 /// test: `(target, what it was, how it was fixed)`. The section lists them
 /// so the record of what fuzzing found survives the next run.
-const FIXED: &[(&str, &str, &str)] = &[];
+const FIXED: &[(&str, &str, &str)] = &[
+    (
+        "parser",
+        "the parser stored the type written on a graph output's node line as a value_info entry that the printed graph \
+     did not have, so a graph parsed from its own print exported to other bytes.",
+        "the type moves to the output's declaration (`ir/src/parser.rs`); test \
+     `a_typed_graph_output_parses_back_without_a_value_info_entry`.",
+    ),
+    (
+        "import, parser",
+        "a tensor's element count was a plain product of its dims: dims from a file (2^40 × 2^40) overflowed it \
+     (a panic in `Tensor::numel`), and in the text form `fill()`/`rand()` allocated what the dims said (a 900 GB \
+     allocation aborted the process).",
+        "`numel` saturates; the parser refuses a tensor above 2^24 elements or whose dims overflow, with an error \
+     naming the line; test `tensor_dims_whose_product_overflows_are_refused` replays both saved inputs.",
+    ),
+];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args)]
