@@ -96,6 +96,14 @@ fn tensor_dims_whose_product_overflows_are_refused() {
     // which overflows (a panic) or, in the parser's rand()/fill(), asks for
     // a 900 GB allocation (an abort).
     replay_file("import", "import-dims-overflow.onnx");
+    // Then (case 329148) the saturated count overflowed again times the
+    // element size in Tensor::raw_bytes.
+    replay_file("import", "import-raw-bytes-overflow.onnx");
+    // And (case 158467) a tensor just under the first text bound took over
+    // 10 s to print and parse again: the bound is now 2^20 elements.
+    let start = std::time::Instant::now();
+    replay_file("parser", "parser-slow-big-tensor.ir");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
     replay_file("parser", "parser-dims-overflow.ir");
     let e =
         qforge_ir::parse_graph("graph g {\n  init @w: f32[1099511627776,1099511627776] = fill(0.5)\n}\n").unwrap_err();

@@ -216,8 +216,13 @@ impl Gen<'_> {
         let x_name = x.name.clone();
         if self.rng.one_in(3) {
             let f = self.rng.range(1, 3);
-            let sizes = self.init_i64("sizes", &[n, c, h * f, w * f], false);
-            return self.node("Resize", &[&x_name, "_", "_", &sizes], &attrs, vec![n, c, h * f, w * f]);
+            let sizes = self.init_i64("sizes", &[n, c, h.saturating_mul(f), w.saturating_mul(f)], false);
+            return self.node(
+                "Resize",
+                &[&x_name, "_", "_", &sizes],
+                &attrs,
+                vec![n, c, h.saturating_mul(f), w.saturating_mul(f)],
+            );
         }
         let mut s = *self.rng.pick(&[1.0, 2.0, 2.0, 3.0, 0.5, 1.5]);
         let mut scales = vec![1.0, 1.0, s, s];
@@ -285,13 +290,13 @@ impl Gen<'_> {
         let x_name = x.name.clone();
         let flat = if self.rng.one_in(2) {
             let target = match self.rng.below(3) {
-                0 => vec![n, c, h * w],
+                0 => vec![n, c, h.saturating_mul(w)],
                 1 => vec![0, c, -1],
                 _ if self.bad() => vec![-1, -1, 2],
-                _ => vec![n, -1, h * w],
+                _ => vec![n, -1, h.saturating_mul(w)],
             };
             let t = self.init_i64("shape", &target, false);
-            self.node("Reshape", &[&x_name, &t], &[], vec![n, c, h * w])
+            self.node("Reshape", &[&x_name, &t], &[], vec![n, c, h.saturating_mul(w)])
         } else {
             let s = self.node("Shape", &[&x_name], &[], vec![4]);
             let i = if self.bad() { 4 } else { 0 };
@@ -301,7 +306,7 @@ impl Gen<'_> {
             let g1 = self.node("Gather", &[&s.name, &idx1], &["axis=0".into()], vec![1]);
             let m1 = self.init_i64("m", &[-1], false);
             let cat = self.node("Concat", &[&g0.name, &g1.name, &m1], &["axis=0".into()], vec![3]);
-            self.node("Reshape", &[&x_name, &cat.name], &[], vec![n, c, h * w])
+            self.node("Reshape", &[&x_name, &cat.name], &[], vec![n, c, h.saturating_mul(w)])
         };
         let flat = if self.rng.one_in(2) { self.node("Relu", &[&flat.name], &[], flat.dims.clone()) } else { flat };
         let back = self.node("Shape", &[&x_name], &[], vec![4]);

@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 
 /// Most elements a tensor written in the text form may have (rand/fill
 /// would otherwise allocate whatever the dims say).
-const MAX_ELEMENTS: usize = 1 << 24;
+const MAX_ELEMENTS: usize = 1 << 20;
 
 /// Parses a graph in the text form.
 pub fn parse_graph(text: &str) -> Result<Graph, IrError> {

@@ -153,19 +153,23 @@ impl Tensor {
         let dt = self.dtype().ok_or_else(|| self.err(format!("unsupported data_type {}", self.proto.data_type())))?;
         let size = dt.size().ok_or_else(|| self.err(format!("{dt} data has no fixed element size")))?;
         let n = self.numel();
+        let Some(total) = n.checked_mul(size) else {
+            return Err(self.err(format!("dims {:?} of {dt} hold more bytes than a machine can", self.proto.dims)));
+        };
         if let Some(raw) = &self.proto.raw_data {
-            if raw.len() != n * size {
+            if raw.len() != total {
                 return Err(self.err(format!(
                     "raw_data holds {} bytes but dims {:?} of {dt} need {}",
                     raw.len(),
                     self.proto.dims,
-                    n * size
+                    total
                 )));
             }
             return Ok(Cow::Borrowed(raw));
         }
         let p = &self.proto;
-        let mut out = Vec::with_capacity(n * size);
+        // The capacity the data fields can fill, not what the dims claim.
+        let mut out = Vec::with_capacity(total.min(1 << 20));
         let count = match dt {
             DataType::F32 => {
                 p.float_data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));

@@ -38,7 +38,7 @@ const FIXED: &[(&str, &str, &str)] = &[
         "a tensor's element count was a plain product of its dims: dims from a file (2^40 × 2^40) overflowed it \
      (a panic in `Tensor::numel`), and in the text form `fill()`/`rand()` allocated what the dims said (a 900 GB \
      allocation aborted the process).",
-        "`numel` saturates; the parser refuses a tensor above 2^24 elements or whose dims overflow, with an error \
+        "`numel` saturates; the parser refuses a tensor above 2^20 elements or whose dims overflow, with an error \
      naming the line; test `tensor_dims_whose_product_overflows_are_refused` replays both saved inputs.",
     ),
 ];
