@@ -148,3 +148,92 @@ fn pipeline_includes_are_bounded() {
     one_error(code, &err, "includes expand too far");
     assert!(!out.exists());
 }
+
+/// A small model as text IR, saved as ONNX in `dir`.
+fn small_model(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let g = qforge_ir::parse_graph(text).expect("test graph parses");
+    let p = dir.join(name);
+    qforge_ir::save(&qforge_ir::Model::new(g), &p, &Default::default()).expect("test model saves");
+    p
+}
+
+#[test]
+fn calibration_data_without_a_finite_value_warns_naming_the_tensor() {
+    let dir = common::tempdir();
+    let model = small_model(
+        dir.path(),
+        "m.onnx",
+        "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,8,8]
+  init @w: f32[4,3,3,3] = rand(1)
+  %c = Conv(%x, @w) {kernel_shape=[3,3], pads=[1,1,1,1]} : f32[1,4,8,8]
+  %y = Relu(%c) : f32[1,4,8,8]
+  output %y
+}",
+    );
+    let calibrate = |values: f32| {
+        let data = dir.path().join(format!("d{}.npy", values.to_bits()));
+        write_npy(&data, &[1, 3, 8, 8], &[values; 192]).unwrap();
+        let out = dir.path().join("o.onnx");
+        let args = ["run", "pipelines/calibrate.yaml", "-i", s(&model), "-o", s(&out), "--calib", s(&data)];
+        let mut cmd = common::qforge();
+        cmd.current_dir(common::root()).args(args).args(["--set", "calibrate.method=max"]);
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // All NaN: the input of the Conv saw no finite value; the range is made up and said so.
+    let stdout = calibrate(f32::NAN);
+    let warning = stdout.lines().find(|l| l.starts_with("warning: calibrate:")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        warning.contains("only NaN/Inf") && warning.contains(": x (") && warning.contains(" NaN, 0 ±Inf)"),
+        "{warning}"
+    );
+    // Finite data gives no such warning (the check is not always on).
+    let stdout = calibrate(0.5);
+    assert!(!stdout.contains("warning: calibrate:"), "{stdout}");
+}
+
+#[test]
+fn check_numerics_refuses_a_tensor_too_big_to_make_naming_the_node() {
+    let dir = common::tempdir();
+    let out = dir.path().join("o.onnx");
+    // A Resize whose scale asks for 4e9 rows, and a MaxPool padded by 2^40:
+    // both are valid graphs whose outputs no machine can hold.
+    let cases = [
+        (
+            "resize.onnx",
+            "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,4,5]
+  init @scales: f32[4] = [1.0,1.0,1000000000.0,1.0]
+  %y = Resize(%x, _, @scales) {mode=\"nearest\"}  # huge_up
+  output %y
+}",
+            "node \"huge_up\" (Resize)",
+        ),
+        (
+            "maxpool.onnx",
+            "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,3,4,5]
+  %y = MaxPool(%x) {kernel_shape=[2,2], pads=[0,0,1099511627776,1099511627776]}  # huge_pool
+  output %y
+}",
+            "node \"huge_pool\" (MaxPool)",
+        ),
+    ];
+    for (file, text, node) in cases {
+        let model = small_model(dir.path(), file, text);
+        for engine in ["tract", "auto"] {
+            let args = ["run", "fold", "-i", s(&model), "-o", s(&out), "--check-numerics", "--check-engine", engine];
+            let start = Instant::now();
+            let (code, err) = run_with_deadline(&args);
+            one_error(code, &err, node);
+            assert!(err.contains("one tensor may take"), "{err}");
+            assert!(start.elapsed() < Duration::from_secs(30), "{file} took {:?}", start.elapsed());
+            assert!(!out.exists());
+        }
+    }
+}

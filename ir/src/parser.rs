@@ -20,6 +20,10 @@ use crate::proto::{AttributeProto, NodeProto, ValueInfoProto, attribute_proto::A
 use crate::shape::{Dim, Shape, TypeInfo};
 use crate::tensor::Tensor;
 
+/// Most elements a tensor written in the text form may have (rand/fill
+/// would otherwise allocate whatever the dims say).
+const MAX_ELEMENTS: usize = 1 << 20;
+
 /// Parses a graph in the text form.
 pub fn parse_graph(text: &str) -> Result<Graph, IrError> {
     let mut g: Option<Graph> = None;
@@ -163,7 +167,15 @@ fn statement(g: &mut Graph, c: &mut Cursor) -> Result<(), IrError> {
             let v = g.find_value(&name).ok_or_else(|| c.err(format!("output \"{name}\" is not defined")))?;
             let ty = if c.eat(':') { Some(c.type_info()?) } else { None };
             c.end()?;
+            // The printer writes an output's type on its node line too; ONNX
+            // keeps graph outputs out of value_info, so the type read there
+            // moves to the output's declaration (else print → parse would
+            // add a value_info entry the printed graph did not have).
+            let line_type = if g.is_graph_output(v) { None } else { g.take_value_info(v) };
             g.add_output(v);
+            if let Some(t) = line_type.and_then(|i| i.r#type.as_ref().and_then(TypeInfo::from_proto)) {
+                g.set_type(v, &t);
+            }
             if let Some(ty) = ty.filter(|t| t.dtype.is_some() || t.shape.is_some()) {
                 g.set_type(v, &ty);
             }
@@ -517,8 +529,14 @@ impl Cursor<'_> {
         Ok(TypeInfo { dtype: Some(dtype), shape })
     }
     fn tensor_data(&mut self, dt: DataType, dims: &[i64]) -> Result<Tensor, IrError> {
-        let n: i64 = dims.iter().product();
-        let n = n.max(0) as usize;
+        // Dims are text: a product that overflows, or a tensor rand()/fill()
+        // would spend gigabytes on, is an error, not an abort.
+        let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(0) as usize)).filter(|&n| n <= MAX_ELEMENTS);
+        let Some(n) = n else {
+            return Err(self.err(format!(
+                "a tensor of dims {dims:?} is too big for the text form (at most {MAX_ELEMENTS} elements)"
+            )));
+        };
         self.ws();
         let values: Vec<f64> = if self.peek_str("rand(") {
             self.pos += 5;

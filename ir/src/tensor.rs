@@ -133,7 +133,9 @@ impl Tensor {
 
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.proto.dims.iter().map(|&d| d.max(0) as usize).product()
+        // Saturating: dims come from files, and 2^40 × 2^40 must read as
+        // "too many", not overflow.
+        self.proto.dims.iter().fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
     }
 
     /// The tensor's name as stored in the proto (the graph's value name is
@@ -151,19 +153,23 @@ impl Tensor {
         let dt = self.dtype().ok_or_else(|| self.err(format!("unsupported data_type {}", self.proto.data_type())))?;
         let size = dt.size().ok_or_else(|| self.err(format!("{dt} data has no fixed element size")))?;
         let n = self.numel();
+        let Some(total) = n.checked_mul(size) else {
+            return Err(self.err(format!("dims {:?} of {dt} hold more bytes than a machine can", self.proto.dims)));
+        };
         if let Some(raw) = &self.proto.raw_data {
-            if raw.len() != n * size {
+            if raw.len() != total {
                 return Err(self.err(format!(
                     "raw_data holds {} bytes but dims {:?} of {dt} need {}",
                     raw.len(),
                     self.proto.dims,
-                    n * size
+                    total
                 )));
             }
             return Ok(Cow::Borrowed(raw));
         }
         let p = &self.proto;
-        let mut out = Vec::with_capacity(n * size);
+        // The capacity the data fields can fill, not what the dims claim.
+        let mut out = Vec::with_capacity(total.min(1 << 20));
         let count = match dt {
             DataType::F32 => {
                 p.float_data.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));

@@ -158,6 +158,10 @@ pub struct PassReport {
     /// `"sensitivity"`): the JSON report carries them as they are and the
     /// HTML report draws the sections it knows, so both say the same thing.
     pub data: BTreeMap<String, serde_json::Value>,
+    /// Things the user should act on although the pass succeeded (a range
+    /// made up because a tensor saw no finite value); the pass manager also
+    /// lists them among the run's warnings, prefixed with the pass name.
+    pub warnings: Vec<String>,
 }
 
 impl PassReport {
@@ -196,6 +200,11 @@ impl PassReport {
         self.data.insert(section.to_string(), value);
     }
 
+    /// Adds a warning.
+    pub fn warn(&mut self, s: impl Into<String>) {
+        self.warnings.push(s.into());
+    }
+
     /// Folds another report into this one (fixed-point iterations); the
     /// other's data sections replace same-named ones.
     pub fn merge(&mut self, other: &PassReport) {
@@ -204,6 +213,7 @@ impl PassReport {
         }
         self.notes.extend(other.notes.iter().cloned());
         self.data.extend(other.data.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.warnings.extend(other.warnings.iter().cloned());
     }
 }
 

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 
 use qforge_ir::{Graph, Model};
-use qforge_runtime::{Engine, HostTensor, SessionOptions, random_inputs, resolve_input_shapes, session};
+use qforge_runtime::{
+    Engine, HostTensor, RuntimeError, Session, SessionOptions, random_inputs, resolve_input_shapes, session,
+};
 
 use crate::context::PassError;
 
@@ -38,11 +40,22 @@ pub struct NumericsOptions {
     /// run of consecutive exact passes (a failing run is replayed pass by
     /// pass to name the pass either way; this gives every pass its figure).
     pub each_pass: bool,
+    /// The largest tensor a check may make, in bytes (see
+    /// [`qforge_runtime::max_tensor_bytes`]); a model above it fails the
+    /// check with an error naming the node, before any engine runs.
+    pub max_tensor_bytes: u64,
 }
 
 impl Default for NumericsOptions {
     fn default() -> Self {
-        NumericsOptions { seed: 0x5eed, input_shapes: BTreeMap::new(), tolerance: 1e-5, engine: None, each_pass: false }
+        NumericsOptions {
+            seed: 0x5eed,
+            input_shapes: BTreeMap::new(),
+            tolerance: 1e-5,
+            engine: None,
+            each_pass: false,
+            max_tensor_bytes: qforge_runtime::max_tensor_bytes(),
+        }
     }
 }
 
@@ -89,6 +102,14 @@ pub(crate) fn reference(g: &Graph, opts: &NumericsOptions) -> Result<Reference, 
     Ok(Reference { inputs, outputs, engine, engine_note })
 }
 
+/// Opens an engine session on `g`, after checking with qforge's shape rules
+/// that no tensor it computes exceeds `opts.max_tensor_bytes`: every pass
+/// that runs a model opens it here, so the bound holds for every engine.
+pub(crate) fn open_session(g: &Graph, opts: &SessionOptions) -> Result<Box<dyn Session>, RuntimeError> {
+    crate::ops::check_sizes(g, &opts.input_shapes, opts.max_tensor_bytes)?;
+    session(&Model::new(g.clone()), opts)
+}
+
 /// Runs the graph's outputs on `inputs` with `engine`.
 pub(crate) fn run(
     g: &Graph,
@@ -97,9 +118,13 @@ pub(crate) fn run(
     engine: Engine,
     context: &str,
 ) -> Result<Outputs, PassError> {
-    let model = Model::new(g.clone());
-    let so = SessionOptions { input_shapes: opts.input_shapes.clone(), engine, ..Default::default() };
-    let s = session(&model, &so).map_err(runtime_err(context))?;
+    let so = SessionOptions {
+        input_shapes: opts.input_shapes.clone(),
+        engine,
+        max_tensor_bytes: opts.max_tensor_bytes,
+        ..Default::default()
+    };
+    let s = open_session(g, &so).map_err(runtime_err(context))?;
     let out = s.run(inputs).map_err(runtime_err(context))?;
     Ok(s.output_names().iter().cloned().zip(out).collect())
 }

@@ -46,6 +46,26 @@ pub enum RuntimeError {
     /// The caller fed something that does not match the model.
     #[error("{0}")]
     BadInput(String),
+    /// A tensor the model would make is bigger than the bound
+    /// ([`SessionOptions::max_tensor_bytes`]); nothing was allocated.
+    #[error(
+        "{node}: its output \"{value}\" would be {shape} ({}), above the {} one tensor may take; \
+         the model's sizes are wrong, or raise the bound with {MAX_TENSOR_ENV}=MiB",
+        human_bytes(.bytes),
+        human_bytes(.limit)
+    )]
+    TooLarge {
+        /// The node that makes it (`Resize "up"`).
+        node: String,
+        /// The tensor.
+        value: String,
+        /// Its dims, written `[1, 3, 1000000000, 8]`.
+        shape: String,
+        /// Its size.
+        bytes: u64,
+        /// The bound.
+        limit: u64,
+    },
     /// The engine refused the model or failed while running it.
     #[error("{engine}: {message}")]
     Engine {
@@ -147,7 +167,7 @@ impl std::str::FromStr for Engine {
 }
 
 /// What a session computes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// Tensors to fetch, by name; empty = the graph outputs.
     pub outputs: Vec<String>,
@@ -155,6 +175,61 @@ pub struct SessionOptions {
     pub input_shapes: BTreeMap<String, Vec<usize>>,
     /// The engine.
     pub engine: Engine,
+    /// The largest tensor, in bytes, the engine may be asked to make: a
+    /// model whose shapes imply a bigger one is refused before it runs
+    /// ([`RuntimeError::TooLarge`]). Default: [`max_tensor_bytes`].
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            outputs: Vec::new(),
+            input_shapes: BTreeMap::new(),
+            engine: Engine::default(),
+            max_tensor_bytes: max_tensor_bytes(),
+        }
+    }
+}
+
+/// Environment variable that sets [`max_tensor_bytes`] in MiB.
+pub const MAX_TENSOR_ENV: &str = "QFORGE_MAX_TENSOR_MB";
+
+/// The default bound on one tensor an engine makes: 4 GiB, or
+/// `$QFORGE_MAX_TENSOR_MB` MiB.
+///
+/// Why a bound: every size in a model is data (a Resize scale of 1e9, a
+/// MaxPool pad of 2^40), and an engine asked for a 128 GB buffer aborts the
+/// process or sends the machine into swap instead of failing. Real
+/// detectors stay far below it (the largest activation of a YOLOv8s at
+/// 640x640 is 13 MB).
+pub fn max_tensor_bytes() -> u64 {
+    static BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BYTES.get_or_init(|| {
+        std::env::var(MAX_TENSOR_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(4 << 30, |mb| mb.saturating_mul(1 << 20))
+    })
+}
+
+/// Bytes of a tensor of `dims` with elements of `elem` bytes, saturating
+/// (a product that overflows is as good as infinite here).
+pub fn tensor_bytes(dims: &[usize], elem: usize) -> u64 {
+    dims.iter().fold(elem as u64, |acc, &d| acc.saturating_mul(d as u64))
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `300 B`: a size for a message.
+pub fn human_bytes(b: impl std::borrow::Borrow<u64>) -> String {
+    let b = *b.borrow();
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{x:.1} {}", UNITS[u]) }
 }
 
 /// A model prepared for repeated runs.

@@ -76,10 +76,35 @@ impl TractSession {
                 m.set_input_fact(i, fact).map_err(engine_err)?;
             }
             m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
-            m.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)
+            let typed = m.into_typed().map_err(engine_err)?;
+            check_sizes(&typed, opts.max_tensor_bytes)?;
+            typed.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)
         })?;
         Ok(TractSession { plan, sig })
     }
+}
+
+/// Refuses a model whose typed facts (every shape concrete, from the input
+/// facts) hold a tensor above `limit` bytes, before tract optimizes or runs
+/// it: tract would otherwise ask for the memory and abort the process.
+fn check_sizes(typed: &TypedModel, limit: u64) -> Result<(), RuntimeError> {
+    for node in typed.nodes() {
+        for (slot, out) in node.outputs.iter().enumerate() {
+            let Some(dims) = out.fact.shape.as_concrete() else { continue };
+            let bytes = crate::tensor_bytes(dims, out.fact.datum_type.size_of());
+            if bytes > limit {
+                let value = typed.outlet_label(OutletId::new(node.id, slot)).unwrap_or(node.name.as_str()).to_string();
+                return Err(RuntimeError::TooLarge {
+                    node: format!("node \"{}\" ({})", node.name, node.op.name()),
+                    value,
+                    shape: format!("{dims:?}"),
+                    bytes,
+                    limit,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// tract has no `Upsample` (deprecated since opset 10, still written by

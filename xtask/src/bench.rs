@@ -12,7 +12,7 @@
 //! ([`doc`]); `--quick` shrinks each to a smoke run.
 
 mod calib;
-mod doc;
+pub(crate) mod doc;
 pub(crate) mod int8;
 pub(crate) mod measure;
 
@@ -111,6 +111,12 @@ const SECTIONS: [Section; 3] = [
     Section { name: "int8", title: "INT8 accuracy vs ONNX Runtime quantize_static", run: int8::int8 },
 ];
 
+/// Every section of `bench/results.md` in order: the bench's, then the
+/// ones other tasks write (`cargo xtask fuzz`), so each keeps the others.
+pub(crate) fn section_titles() -> Vec<&'static str> {
+    SECTIONS.iter().map(|s| s.title).chain([crate::fuzz::TITLE]).collect()
+}
+
 pub fn run(args: &Args) -> Result<()> {
     let assets = if args.skip_assets { util::assets_dir() } else { assets::run(&assets::Args { check: false })? };
     let qforge = util::build_qforge_release()?;
@@ -133,7 +139,7 @@ pub fn run(args: &Args) -> Result<()> {
     for section in SECTIONS.iter().filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name)) {
         println!("\n==> bench: {} ({})", section.title, section.name);
         let result = (section.run)(&mut ctx).with_context(|| format!("bench section `{}`", section.title))?;
-        let markdown = format!("{}{}", doc::stamp(&ctx), result.markdown);
+        let markdown = format!("{}{}", doc::stamp(&ctx.root), result.markdown);
         println!("\n{markdown}");
         if result.failed {
             failed.push(section.title);
@@ -147,7 +153,7 @@ pub fn run(args: &Args) -> Result<()> {
         println!("(--no-write: bench/results.md left unchanged)");
     } else {
         let old = fs::read_to_string(&path).unwrap_or_default();
-        let text = doc::merge(&ctx, &old, &SECTIONS.map(|s| s.title), &fresh);
+        let text = doc::merge(&ctx.root, &ctx.tools, &old, &section_titles(), &fresh);
         fs::create_dir_all(ctx.root.join("bench")).with_context(|| format!("cannot create {}", path.display()))?;
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         println!("==> wrote {}", path.display());

@@ -5,6 +5,7 @@
 //! - `bench`:  qforge side by side with onnxslim (fold) and ONNX Runtime (calibration, INT8
 //!   accuracy); writes `bench/results.md`.
 //! - `wheel`:  the Python wheel (`pip install qforge`: the `qforge` command and `import qforge`).
+//! - `fuzz`:   the stable-Rust fuzz targets of `fuzz/` (import, parser, pipeline, fold).
 //!
 //! Everything external (python, pip, cargo, qforge) is run as a child process with its
 //! command line in the error context, so a failure says what was run and what to install.
@@ -13,6 +14,7 @@ mod assets;
 mod bench;
 mod demo;
 mod demo_int8;
+mod fuzz;
 mod models;
 mod skeleton;
 mod util;
@@ -60,6 +62,13 @@ enum Task {
     /// so `qforge run yolo-int8 …` works from any folder. Installs maturin with pip when missing.
     /// `--dev` builds faster (for tests).
     Wheel(wheel::Args),
+    /// Fuzz model import, the text IR parser, pipeline YAML and the fold pipeline (stable Rust).
+    ///
+    /// Runs the targets of `fuzz/` on every core for `--time` seconds in all, prints executions
+    /// per second and findings (inputs saved in `target/fuzz/findings/`), exits non-zero when
+    /// there is one. `--seed S --target T --case N` reproduces a finding; `--write` records the
+    /// run in `bench/results.md`.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +78,7 @@ fn main() -> ExitCode {
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Wheel(args) => wheel::run(&args).map(|_| ()),
+        Task::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

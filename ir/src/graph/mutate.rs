@@ -477,6 +477,15 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes `v`'s `value_info` entry and returns it (for the parser: a
+    /// type written on the node line of a graph output belongs to the
+    /// output's declaration).
+    pub(crate) fn take_value_info(&mut self, v: ValueId) -> Option<crate::proto::ValueInfoProto> {
+        let info = self.value_mut_untracked(v).info.take()?;
+        self.value_info.retain(|e| !matches!(e, InfoEntry::Attached(x) if *x == v));
+        Some(info)
+    }
+
     /// Renames a value (the new name must be free). Subgraphs that capture
     /// it and quantization annotations follow.
     pub fn rename_value(&mut self, v: ValueId, name: &str) -> Result<(), IrError> {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
-use qforge_ir::{Graph, Model, ValueId};
+use qforge_ir::{Graph, ValueId};
 use qforge_runtime::{DataError, Dataset, Engine, HostTensor, SessionOptions};
 
 use super::histogram::Histogram;
@@ -92,9 +92,9 @@ pub fn collect(
         .collect();
     let mut shapes = std::collections::BTreeMap::new();
     shapes.insert(g.value_name(input).to_string(), input_shape.to_vec());
-    let session = qforge_runtime::session(
-        &Model::new(g.clone()),
-        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine },
+    let session = crate::numerics::open_session(
+        g,
+        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine, ..Default::default() },
     )
     .map_err(runtime_err("preparing the model for calibration"))?;
 

@@ -377,6 +377,7 @@ impl Pass for Calibrate {
             ..Default::default()
         };
         let mut zero = Vec::new();
+        let (mut only_non_finite, mut nothing) = (Vec::new(), Vec::new());
         let (mut nan, mut inf) = (0u64, 0u64);
         // The searches (entropy, mse) cost tens of ms per tensor: run them in parallel.
         let amaxes: Vec<f32> = col.histograms.par_iter().map(|h| compute_amax(h, method)).collect();
@@ -384,7 +385,15 @@ impl Pass for Calibrate {
             if col.not_float.contains(&v) {
                 continue;
             }
-            if amax == 0.0 {
+            if h.is_empty() {
+                // No finite value at all: the range below is a placeholder.
+                let name = g.value_name(v).to_string();
+                if h.nan_count() + h.inf_count() > 0 {
+                    only_non_finite.push(format!("{name} ({} NaN, {} ±Inf)", h.nan_count(), h.inf_count()));
+                } else {
+                    nothing.push(name);
+                }
+            } else if amax == 0.0 {
                 zero.push(g.value_name(v).to_string());
             }
             nan += h.nan_count();
@@ -426,6 +435,22 @@ impl Pass for Calibrate {
         if nan + inf > 0 {
             r.note(format!("{nan} NaN and {inf} infinite activation values were counted and left out of the ranges"));
         }
+        if !only_non_finite.is_empty() {
+            r.warn(format!(
+                "{} tensor(s) saw only NaN/Inf on every sample, so their range is a placeholder \
+                 (scale 1/127): {}",
+                only_non_finite.len(),
+                first_few(&only_non_finite)
+            ));
+        }
+        if !nothing.is_empty() {
+            r.warn(format!(
+                "{} tensor(s) saw no value at all (empty on every sample), so their range is a placeholder \
+                 (scale 1/127): {}",
+                nothing.len(),
+                first_few(&nothing)
+            ));
+        }
         if !zero.is_empty() {
             r.note(format!(
                 "{} tensor(s) were zero on every sample (scale 1/127 is used), first: {}",
@@ -455,6 +480,12 @@ impl Pass for Calibrate {
         cx.ext.insert(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
         Ok(r)
     }
+}
+
+/// The first five items of a list, then how many more.
+fn first_few(items: &[String]) -> String {
+    let shown = items.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", ");
+    if items.len() > 5 { format!("{shown} and {} more", items.len() - 5) } else { shown }
 }
 
 /// Ranges by tensor name, for tests and tools.

@@ -141,7 +141,8 @@ pub struct RunReport {
     pub stopped_early: bool,
     /// Total wall time, checks included.
     pub total: Duration,
-    /// Warnings (e.g. a fixed-point group that did not converge).
+    /// Warnings: a fixed-point group that did not converge, and those the
+    /// passes reported ([`PassReport::warnings`], as `pass: warning`).
     pub warnings: Vec<String>,
     /// With `--check-numerics`: worst output error of the final graph vs. the input.
     pub end_to_end: Option<(String, f64)>,
@@ -282,6 +283,7 @@ impl PassManager {
             qforge_ir::verify(g).map_err(|source| PassError::Verify { pass: name.to_string(), source })?;
             verify_time = t.elapsed();
         }
+        st.report.warnings.extend(report.warnings.iter().map(|w| format!("{name}: {w}")));
         if let Some(pa) = &self.opts.print_ir_after
             && (*pa == PrintAfter::All || *pa == PrintAfter::Pass(name.to_string()))
         {

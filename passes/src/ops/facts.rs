@@ -135,6 +135,42 @@ impl Facts {
         Some(better)
     }
 
+    /// Runs `n`'s rule and records its output types over what the graph
+    /// declares: for bounding sizes, where a declaration that lies (a small
+    /// shape on a huge tensor) must not hide what the node computes. Returns
+    /// the type of each output slot afterwards (`None` where unknown), or
+    /// `None` when no rule knows the op.
+    pub(crate) fn infer_over_declared(&mut self, g: &Graph, n: NodeId) -> Option<Vec<Option<TypeInfo>>> {
+        let (types, vals) = self.infer_raw(g, n)?;
+        let node = g.node(n);
+        let mut out = Vec::with_capacity(types.len());
+        for (slot, t) in types.into_iter().enumerate() {
+            let Some(v) = node.output(slot) else {
+                out.push(None);
+                continue;
+            };
+            if let Some(Some(p)) = vals.get(slot)
+                && p.elems.len() <= MAX_PVAL
+            {
+                self.values.insert(v, p.clone());
+            }
+            match t {
+                Some(t) if t.shape.as_ref().is_some_and(|s| s.as_known().is_some()) => {
+                    self.types.insert(v, t.clone());
+                    out.push(Some(t));
+                }
+                Some(t) => {
+                    if let Merge::Better(m) = merge(self.type_of(g, v).as_ref(), &t) {
+                        self.types.insert(v, m);
+                    }
+                    out.push(self.type_of(g, v));
+                }
+                None => out.push(self.type_of(g, v)),
+            }
+        }
+        Some(out)
+    }
+
     /// The rule's raw output (types and partial values) without recording it.
     pub(crate) fn infer_raw(&self, g: &Graph, n: NodeId) -> Option<NodeFacts> {
         let node = g.node(n);

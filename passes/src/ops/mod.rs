@@ -32,6 +32,7 @@ mod movement;
 mod nn;
 mod reduce;
 mod resize;
+mod sizes;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -39,6 +40,7 @@ use std::sync::OnceLock;
 use qforge_ir::{Graph, NodeId, TypeInfo};
 
 pub use facts::{Contradiction, Cx, Facts, PVal};
+pub use sizes::check_sizes;
 
 /// An op's shape/type rule: reads the node's inputs through [`Cx`] and sets
 /// what it can of its outputs. Returning `None` (usually through `?`) just

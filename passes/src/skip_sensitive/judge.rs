@@ -58,7 +58,7 @@ pub fn run_all(
     input_shapes: &BTreeMap<String, Vec<usize>>,
     what: &str,
 ) -> Result<Vec<Vec<HostTensor>>, PassError> {
-    let opts = SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine };
+    let opts = SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine, ..Default::default() };
     let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(runtime(what))?;
     inputs.iter().map(|x| s.run(std::slice::from_ref(x)).map_err(runtime(what))).collect()
 }

@@ -194,7 +194,8 @@ impl Judge {
                 shapes.insert(name.to_string(), base.values[0][i].shape.clone());
             }
         }
-        let opts = SessionOptions { outputs: Vec::new(), input_shapes: shapes, engine: self.engine };
+        let opts =
+            SessionOptions { outputs: Vec::new(), input_shapes: shapes, engine: self.engine, ..Default::default() };
         let rt = |source| PassError::Runtime { context: what.to_string(), source };
         let s = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
         let mut outputs = Vec::with_capacity(self.inputs.len());

@@ -90,6 +90,7 @@ impl Runner {
             outputs: vec![g.value_name(output.value).to_string()],
             input_shapes: BTreeMap::from([(g.value_name(input).to_string(), vec![1, 3, size, size])]),
             engine,
+            ..Default::default()
         };
         let session = qforge_runtime::session(model, &opts).map_err(|source| YoloError::Runtime { which, source })?;
         Ok(Runner { which, session })

@@ -9,7 +9,6 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::Ctx;
 use crate::util;
 
 /// Header lines that describe the run, not a tool (never carried over from an old file).
@@ -17,7 +16,8 @@ const RUN_KEYS: &[&str] = &["- date:", "- machine:", "- load average", "- qforge
 
 /// The whole document: a new header, then every section of `order` that was run now (`fresh`)
 /// or, when it was not, its text from `old` (the previous results.md), in `order`.
-pub fn merge(ctx: &Ctx, old: &str, order: &[&str], fresh: &[(&str, String)]) -> String {
+/// `tools` are the versions of the tools the fresh sections used (header lines).
+pub fn merge(root: &Path, tools_used: &[String], old: &str, order: &[&str], fresh: &[(&str, String)]) -> String {
     let (old_header, old_sections) = split(old);
     let old_date = old_header.lines().find_map(|l| l.strip_prefix("- date: ")).unwrap_or("an earlier run");
     let mut body = String::new();
@@ -35,7 +35,7 @@ pub fn merge(ctx: &Ctx, old: &str, order: &[&str], fresh: &[(&str, String)]) -> 
         }
     }
     let mut tools: Vec<String> = Vec::new();
-    for t in &ctx.tools {
+    for t in tools_used {
         if !tools.contains(t) {
             tools.push(t.clone());
         }
@@ -50,7 +50,7 @@ pub fn merge(ctx: &Ctx, old: &str, order: &[&str], fresh: &[(&str, String)]) -> 
             }
         }
     }
-    format!("{}{body}", header(ctx, &tools, kept_any))
+    format!("{}{body}", header(root, &tools, kept_any))
 }
 
 /// `(text before the first "## ", [(section title, text after its title line)])`.
@@ -70,7 +70,7 @@ fn split(doc: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// Title, timestamp, machine and software, so results from different machines are comparable.
-fn header(ctx: &Ctx, tools: &[String], kept: bool) -> String {
+fn header(root: &Path, tools: &[String], kept: bool) -> String {
     let mut out = String::from(
         "# qforge benchmarks\n\n\
          Written by `cargo xtask bench`; do not edit by hand, rerun the bench instead \
@@ -80,7 +80,7 @@ fn header(ctx: &Ctx, tools: &[String], kept: bool) -> String {
     let _ = writeln!(out, "- machine: {}", machine());
     let _ =
         writeln!(out, "- load average at the end (1, 5, 15 min): {} (other work on the machine skews times)", load());
-    let _ = writeln!(out, "- qforge: release build of git {}", git_revision(&ctx.root));
+    let _ = writeln!(out, "- qforge: git {}", git_revision(root));
     for tool in tools {
         let _ = writeln!(out, "- {tool}");
     }
@@ -91,12 +91,12 @@ fn header(ctx: &Ctx, tools: &[String], kept: bool) -> String {
 }
 
 /// The first line of a section: when, on what and at which load it was measured.
-pub fn stamp(ctx: &Ctx) -> String {
+pub fn stamp(root: &Path) -> String {
     format!(
         "_Measured {} on {}, qforge git {}; load average at the end {}._\n\n",
         util::utc_timestamp(),
         machine(),
-        git_revision(&ctx.root),
+        git_revision(root),
         load()
     )
 }

@@ -1,0 +1,76 @@
+//! The size of every tensor a model would make, from its shapes, before an
+//! engine runs it.
+//!
+//! Why here: sizes are data (a Resize scale, MaxPool pads, a Reshape
+//! target), and an engine asked for a 128 GB buffer aborts the process or
+//! swaps instead of failing. The engine-independent bound is checked with
+//! qforge's own shape rules, so it holds for ONNX Runtime as for tract (whose
+//! session checks its own facts too, for ops qforge has no rule for).
+
+use std::collections::BTreeMap;
+
+use qforge_ir::{Graph, NodeId, TypeInfo};
+use qforge_runtime::{RuntimeError, resolve_input_shapes, tensor_bytes};
+
+use super::Facts;
+use crate::util::describe;
+
+/// Refuses `g` when a tensor it computes, with the runtime inputs fixed to
+/// `input_shapes` (or their declared dims), would take more than `limit`
+/// bytes; the error names the first such node in order of computation.
+/// Tensors whose shape no rule knows are left to the engine's own check.
+pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit: u64) -> Result<(), RuntimeError> {
+    let mut fixed = g.clone();
+    for (v, (_, dims)) in g.runtime_inputs().into_iter().zip(resolve_input_shapes(g, input_shapes)?) {
+        let dtype = g.dtype(v).unwrap_or(qforge_ir::DataType::F32);
+        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+        fixed.set_type(v, &TypeInfo::new(dtype, &dims));
+    }
+    let mut facts = Facts::default();
+    for n in computation_order(&fixed) {
+        let Some(types) = facts.infer_over_declared(&fixed, n) else { continue };
+        for (slot, t) in types.into_iter().enumerate() {
+            let Some(t) = t else { continue };
+            let (Some(dtype), Some(dims)) = (t.dtype, t.shape.as_ref().and_then(|s| s.as_known())) else { continue };
+            if dims.iter().any(|&d| d < 0) {
+                continue;
+            }
+            let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+            let bytes = tensor_bytes(&dims, dtype.size().unwrap_or(1));
+            if bytes > limit {
+                let value = fixed.node(n).output(slot).map(|v| fixed.value_name(v).to_string()).unwrap_or_default();
+                return Err(RuntimeError::TooLarge {
+                    node: describe(&fixed, n),
+                    value,
+                    shape: format!("{dims:?}"),
+                    bytes,
+                    limit,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The nodes in an order where every producer comes before its readers
+/// (file order where legal; nodes in a cycle are left out).
+fn computation_order(g: &Graph) -> Vec<NodeId> {
+    let mut done = std::collections::HashSet::new();
+    let mut order = Vec::new();
+    let mut pending = g.node_ids();
+    loop {
+        let before = order.len();
+        pending.retain(|&n| {
+            let ready =
+                g.node(n).inputs().iter().flatten().all(|&v| g.producer_node(v).is_none_or(|p| done.contains(&p)));
+            if ready {
+                done.insert(n);
+                order.push(n);
+            }
+            !ready
+        });
+        if pending.is_empty() || order.len() == before {
+            return order;
+        }
+    }
+}

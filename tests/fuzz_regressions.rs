@@ -1,0 +1,113 @@
+//! The fuzz targets (`fuzz/`, `cargo xtask fuzz`) in the ordinary test
+//! suite: each runs a few hundred cases so it cannot rot, and every finding
+//! of a fuzz run that was fixed is replayed here from its input.
+
+mod common;
+
+use std::time::Duration;
+
+use qforge_fuzz::{KNOWN_OPEN, Kind, Options, Outcome, TARGETS};
+
+/// Runs `cases` cases of a target and fails on any finding.
+fn smoke(name: &str, cases: u64) {
+    let t = qforge_fuzz::target(&common::root(), name).unwrap();
+    let opts = Options {
+        seed: 0x5eed,
+        duration: Duration::from_secs(120),
+        max_cases: Some(cases),
+        threads: 2,
+        budget: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let stats = qforge_fuzz::run(t, &opts);
+    assert_eq!(stats.executions, cases, "{name}: not every case ran");
+    let unknown: Vec<_> = stats
+        .findings
+        .iter()
+        .filter(|f| f.kind != Kind::Oracle || !KNOWN_OPEN.iter().any(|(needle, _)| f.message.contains(needle)))
+        .collect();
+    assert!(unknown.is_empty(), "{name}: {unknown:#?}");
+    // The inputs are not all refused (a target whose generator only makes
+    // garbage tests nothing past the first check).
+    assert!(stats.accepted > 0, "{name}: no input was accepted");
+}
+
+#[test]
+fn every_target_runs_a_few_hundred_cases_without_a_finding() {
+    for name in TARGETS {
+        let cases = if name == "fold" { 120 } else { 300 };
+        smoke(name, cases);
+    }
+}
+
+/// Replays one input through a target: it must not be a finding.
+fn replay(target: &str, input: &str) -> Outcome {
+    let t = qforge_fuzz::target(&common::root(), target).unwrap();
+    qforge_fuzz::execute(t.as_ref(), input.as_bytes()).unwrap_or_else(|(kind, msg)| panic!("{kind}: {msg}"))
+}
+
+#[test]
+fn a_resize_scale_of_1e9_in_a_generated_graph_is_refused_not_allocated() {
+    // The fold target's bound (16 MiB) refuses it before tract runs; the
+    // passes still run and leave a valid graph.
+    let text = "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,2,3,3]
+  init @s: f32[4] = [1.0,1.0,1000000000.0,1.0]
+  %y = Resize(%x, _, @s) {mode=\"nearest\"}  # up
+  output %y
+}
+";
+    assert_eq!(replay("fold", text), Outcome::Rejected);
+}
+
+#[test]
+fn a_typed_graph_output_parses_back_without_a_value_info_entry() {
+    // Found by the `parser` target: the printer writes an output's type on
+    // its node line and on its `output` line; the parser stored the first
+    // as a value_info entry the printed graph did not have, so the
+    // re-parsed graph exported to other bytes.
+    let text = "graph g {
+  opset ai.onnx 13
+  input %x: f32[1,4]
+  %a = Relu(%x) : f32[1,4]  # live
+  output %a: f32[1,4]
+}
+";
+    let g = qforge_ir::parse_graph(text).unwrap();
+    let proto = qforge_ir::export(&qforge_ir::Model::new(g.clone()));
+    let graph = proto.graph.unwrap();
+    assert!(graph.value_info.is_empty(), "{:?}", graph.value_info);
+    assert!(graph.output[0].r#type.is_some(), "the output lost its type");
+    assert_eq!(replay("parser", text), Outcome::Accepted);
+}
+
+/// A saved finding's input, replayed through its target.
+fn replay_file(target: &str, file: &str) -> Outcome {
+    let t = qforge_fuzz::target(&common::root(), target).unwrap();
+    let input = std::fs::read(common::root().join("tests/fixtures/fuzz").join(file)).unwrap();
+    qforge_fuzz::execute(t.as_ref(), &input).unwrap_or_else(|(kind, msg)| panic!("{file}: {kind}: {msg}"))
+}
+
+#[test]
+fn tensor_dims_whose_product_overflows_are_refused() {
+    // Found by `import` (seed 20261130, case 232377) and `parser` (case
+    // 3584): the element count of a tensor was a plain product of its dims,
+    // which overflows (a panic) or, in the parser's rand()/fill(), asks for
+    // a 900 GB allocation (an abort).
+    replay_file("import", "import-dims-overflow.onnx");
+    // Then (case 329148) the saturated count overflowed again times the
+    // element size in Tensor::raw_bytes.
+    replay_file("import", "import-raw-bytes-overflow.onnx");
+    // And (case 158467) a tensor just under the first text bound took over
+    // 10 s to print and parse again: the bound is now 2^20 elements.
+    let start = std::time::Instant::now();
+    replay_file("parser", "parser-slow-big-tensor.ir");
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    replay_file("parser", "parser-dims-overflow.ir");
+    let e =
+        qforge_ir::parse_graph("graph g {\n  init @w: f32[1099511627776,1099511627776] = fill(0.5)\n}\n").unwrap_err();
+    assert!(e.to_string().contains("too big for the text form"), "{e}");
+    let e = qforge_ir::parse_graph("graph g {\n  init @w: f32[100000,100000] = rand(1)\n}\n").unwrap_err();
+    assert!(e.to_string().contains("too big for the text form"), "{e}");
+}
