@@ -140,7 +140,7 @@ def broken(path):
 
 try:
     qforge.run("yolo-int8", MODEL, "e.onnx", calib=PHOTOS, input_shape=SHAPE, metric=broken, quiet=True,
-               set={"calibrate.data": {"views": False}})
+               set={"calibrate.data.views": False})
     raise AssertionError("no exception")
 except qforge.QforgeError as e:
     assert "the Python metric raised ValueError: my validation set is missing" in str(e), e
