@@ -179,7 +179,7 @@ impl Gen<'_> {
             let c = dims4(x)[1];
             let c = if self.bad() { c + 1 } else { c };
             self.init_rand("a", &[c, 1, 1])
-        } else if let Some(same) = self.values.iter().filter(|v| v.dims == x.dims && v.name != x.name).last() {
+        } else if let Some(same) = self.values.iter().rfind(|v| v.dims == x.dims && v.name != x.name) {
             same.name.clone()
         } else {
             self.init_rand("a", &[1])

@@ -376,8 +376,7 @@ pub fn run(t: Arc<dyn Target>, opts: &Options) -> Stats {
         let stopped = shared.stop.load(Ordering::Relaxed);
         let over = workers.iter().enumerate().all(|(w, h)| {
             h.is_finished()
-                || (stopped
-                    && shared.running[w].lock().map_or(false, |s| s.is_some_and(|(case, _)| hung.contains(&case))))
+                || (stopped && shared.running[w].lock().is_ok_and(|s| s.is_some_and(|(case, _)| hung.contains(&case))))
         });
         if over {
             break;

@@ -545,7 +545,7 @@ fn sensitivity(h: &mut String, doc: &Value) {
 fn histogram(h: &mut String, t: &Value, used: Option<f64>) {
     let counts: Vec<f64> = t["counts"].as_array().map(|a| a.iter().map(f).collect()).unwrap_or_default();
     let width = f(&t["bin_width"]);
-    if counts.is_empty() || !(width > 0.0) {
+    if counts.is_empty() || width.is_nan() || width <= 0.0 {
         return;
     }
     let xmax = width * counts.len() as f64;
