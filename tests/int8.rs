@@ -559,3 +559,90 @@ fn skip_sensitive_never_makes_the_model_worse() {
         assert!((score - m(fin)).abs() <= 1e-9 * score.abs().max(1.0), "{metric}: re-measured {score}, reported {fin}");
     }
 }
+
+/// `correct-bias` on a case whose answer is known: channel 0 of a 1×1 Conv
+/// has weights [127, 0.3], which per-channel INT8 (scale 1) rounds to
+/// [127, 0]; on an all-ones input the quantized output is 127 where the
+/// float one is 127.3 plus the bias, a shift of exactly −0.3. Channel 1
+/// ([1, 1]) quantizes exactly. After the pass, channel 0's bias is 0.3
+/// higher, channel 1's unchanged, and the quantized model computes the float
+/// model's outputs.
+#[test]
+fn correct_bias_cancels_a_known_rounding_shift() {
+    let dir = common::tempdir();
+    for i in 0..2 {
+        write_npy(&dir.path().join(format!("{i}.npy")), &[1, 2, 4, 4], &[1.0; 32]).unwrap();
+    }
+    let text = "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  \
+        init @w: f32[2,2,1,1] = [127.0, 0.3, 1.0, 1.0]\n  init @b: f32[2] = [0.5, -0.5]\n  \
+        %y = Conv(%x, @w, @b) {kernel_shape=[1,1]}  # conv\n  output %y\n}\n";
+    let float = parse_graph(text).unwrap();
+    let npy = dir.path().to_str().unwrap();
+    let quantize = format!(
+        "passes:\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{exclude_tail: false}}\n"
+    );
+    let run_on_ones = |g: &qforge_ir::Graph| -> Vec<f32> {
+        let s = qforge_runtime::session(&qforge_ir::Model::new(g.clone()), &Default::default()).unwrap();
+        let out = s.run(&[qforge_runtime::HostTensor::f32(vec![1, 2, 4, 4], vec![1.0; 32])]).unwrap();
+        out[0].as_f32().unwrap().to_vec()
+    };
+    let expected = run_on_ones(&float);
+    assert!((expected[0] - 127.8).abs() < 1e-4 && (expected[16] - 1.5).abs() < 1e-4, "{expected:?}");
+
+    let mut plain = float.clone();
+    run_pipeline(&mut plain, &quantize).unwrap();
+    let before = run_on_ones(&plain);
+    assert!((before[0] - 127.5).abs() < 1e-3, "the quantized model is off by −0.3 on channel 0: {before:?}");
+
+    let mut g = float.clone();
+    let report = run_pipeline(&mut g, &format!("{quantize}  - correct-bias\n")).unwrap();
+    qforge_ir::verify(&g).unwrap();
+    let run = report.runs.iter().find(|r| r.name == "correct-bias").unwrap();
+    assert!(run.report.notes.iter().any(|n| n.contains("kept round 1")), "{:?}", run.report.notes);
+    let conv = g.find_node("conv").unwrap();
+    let bias = g.constant(g.node(conv).input(2).unwrap()).unwrap().to_f32_vec().unwrap();
+    assert!((bias[0] - 0.8).abs() < 1e-4 && (bias[1] + 0.5).abs() < 1e-4, "{bias:?}");
+    let after = run_on_ones(&g);
+    for (a, e) in after.iter().zip(&expected) {
+        assert!((a - e).abs() < 1e-3, "{after:?} vs {expected:?}");
+    }
+    // The written model is valid ONNX that ONNX Runtime loads.
+    let path = dir.path().join("corrected.onnx");
+    qforge_ir::save(&qforge_ir::Model::new(g), &path, &Default::default()).unwrap();
+    common::check_valid(&path, None);
+}
+
+/// `insert-qdq: {weights_method: mse}` gives each weight channel a range no
+/// wider than its max (the search starts at max and only keeps a narrower
+/// range with less error), and the model stays valid.
+#[test]
+fn mse_weight_ranges_are_never_wider_than_max() {
+    let dir = common::tempdir();
+    random_npy(dir.path(), 2, &[1, 3, 8, 8]);
+    let run = |method: &str| {
+        let yaml = format!(
+            "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {:?}}}}}\n  - insert-qdq: {{exclude_tail: false, weights_method: {method}}}\n",
+            dir.path().to_str().unwrap()
+        );
+        let mut g = parse_graph(SMALL).unwrap();
+        run_pipeline(&mut g, &yaml).unwrap();
+        qforge_ir::verify(&g).unwrap();
+        let mut scales: Vec<(String, Vec<f32>)> = g
+            .initializers()
+            .iter()
+            .filter(|&&v| g.value_name(v).starts_with('w') && g.value_name(v).ends_with("_scale"))
+            .map(|&v| (g.value_name(v).to_string(), g.initializer(v).unwrap().to_vec::<f32>().unwrap()))
+            .collect();
+        scales.sort_by(|a, b| a.0.cmp(&b.0));
+        scales
+    };
+    let (max, mse) = (run("max"), run("mse"));
+    assert_eq!(max.len(), 4, "{max:?}");
+    assert_eq!(max.iter().map(|s| &s.0).collect::<Vec<_>>(), mse.iter().map(|s| &s.0).collect::<Vec<_>>());
+    for ((name, a), (_, b)) in max.iter().zip(&mse) {
+        assert!(a.iter().zip(b).all(|(x, y)| y <= x && *y > 0.0), "{name}: max {a:?} vs mse {b:?}");
+    }
+    let e = run_pipeline(&mut parse_graph(SMALL).unwrap(), "passes:\n  - insert-qdq: {weights_method: median}\n")
+        .unwrap_err();
+    assert!(e.contains("weights_method") || e.contains("median"), "{e}");
+}

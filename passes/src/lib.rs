@@ -25,6 +25,7 @@
 pub mod builtin;
 pub mod calibrate;
 mod context;
+pub mod correct_bias;
 pub mod insert_qdq;
 pub mod interrupt;
 mod located;

@@ -100,6 +100,21 @@ pub struct InsertQdq {
     pub head_range: HeadRange,
     /// Which inputs of a residual Add get Q/DQ.
     pub residual: Residual,
+    /// Where per-channel weight ranges come from.
+    pub weights_method: WeightsMethod,
+}
+
+/// Where the per-channel weight ranges come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsMethod {
+    /// The calibration table's (`calibrate.weights`; max when it has none).
+    Table,
+    /// Max |w| of each output channel.
+    Max,
+    /// Per channel, the range with the least squared rounding-plus-clipping
+    /// error ([`crate::calibrate::mse_amax`]).
+    Mse,
 }
 
 /// Which inputs of a residual `Add` are quantized.
@@ -140,6 +155,7 @@ impl Default for InsertQdq {
             on_quantized: OnQuantized::Error,
             head_range: HeadRange::Max,
             residual: Residual::Both,
+            weights_method: WeightsMethod::Table,
         }
     }
 }
@@ -154,6 +170,10 @@ impl PassOptions for InsertQdq {
             "extra ops whose inputs get Q/DQ: MaxPool, AveragePool, GlobalAveragePool, Resize, Concat (default [])",
         ),
         ("weights", "int8 (int8 initializer + DequantizeLinear, default) | qdq (float + Q/DQ)"),
+        (
+            "weights_method",
+            "per-channel weight ranges: table (the calibration table's, default) | max | mse (least rounding + clipping error per channel)",
+        ),
         ("dedicated_pairs", "one Q/DQ pair per consumer instead of one per tensor (default false)"),
         (
             "share_scales",
@@ -496,9 +516,8 @@ impl Pass for InsertQdq {
             let dq = match done.get(&w) {
                 Some(&d) => d,
                 None => {
-                    let amax = table.weights.get(&w).filter(|r| r.axis == axis).map(|r| r.amax.as_slice());
-                    let qw =
-                        weights::quantize(g, w, axis, amax).map_err(|e| fail(format!("{}: {e}", describe(g, n))))?;
+                    let qw = weights::quantize(g, w, axis, self.weights_method, &table)
+                        .map_err(|e| fail(format!("{}: {e}", describe(g, n))))?;
                     let base = g.value_name(w).to_string();
                     let c = qw.scales.len();
                     let (scale, zp) = match qw.axis {

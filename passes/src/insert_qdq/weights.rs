@@ -2,6 +2,10 @@
 
 use qforge_ir::{Graph, Tensor, ValueId};
 
+use super::WeightsMethod;
+use crate::calibrate::table::CalibrationTable;
+use crate::calibrate::{MethodName, weight_amax};
+
 /// Quantized weights: int8 data and one scale per output channel.
 pub struct QuantWeights {
     /// `round_half_even(w / scale_c)` clamped to ±127.
@@ -12,19 +16,30 @@ pub struct QuantWeights {
     pub axis: Option<usize>,
 }
 
-/// Quantizes constant weight `w` per channel along `axis` with the given
-/// per-channel amax (computed from the data when `amax` is `None`).
-pub fn quantize(g: &Graph, w: ValueId, axis: usize, amax: Option<&[f32]>) -> Result<QuantWeights, String> {
+/// Quantizes constant weight `w` per channel along `axis`, its per-channel
+/// amax chosen by `method` (`Table`: the table's entry for `w`, else max).
+pub fn quantize(
+    g: &Graph,
+    w: ValueId,
+    axis: usize,
+    method: WeightsMethod,
+    table: &CalibrationTable,
+) -> Result<QuantWeights, String> {
     let t = g.constant(w).ok_or_else(|| format!("weight \"{}\" is not constant", g.value_name(w)))?;
     let data = t.to_f32_vec().map_err(|e| e.to_string())?;
     let dims = t.dims().to_vec();
     let c = dims.get(axis).copied().unwrap_or(1).max(1) as usize;
     let inner: usize = dims.iter().skip(axis + 1).map(|&d| d.max(1) as usize).product();
+    let from_table = table.weights.get(&w).filter(|r| r.axis == axis && r.amax.len() == c);
     let computed;
-    let amax = match amax.filter(|a| a.len() == c) {
-        Some(a) => a,
-        None => {
-            computed = crate::calibrate::weight_amax(&data, &dims, axis, crate::calibrate::MethodName::Max, 100.0);
+    let amax = match (method, from_table) {
+        (WeightsMethod::Table, Some(r)) => r.amax.as_slice(),
+        (WeightsMethod::Mse, _) => {
+            computed = weight_amax(&data, &dims, axis, MethodName::Mse, 100.0);
+            &computed
+        }
+        _ => {
+            computed = weight_amax(&data, &dims, axis, MethodName::Max, 100.0);
             &computed
         }
     };
