@@ -111,3 +111,18 @@ fn tensor_dims_whose_product_overflows_are_refused() {
     let e = qforge_ir::parse_graph("graph g {\n  init @w: f32[100000,100000] = rand(1)\n}\n").unwrap_err();
     assert!(e.to_string().contains("too big for the text form"), "{e}");
 }
+
+#[test]
+fn a_resize_on_a_2_to_the_40_pixel_axis_is_not_checked_pixel_by_pixel() {
+    // Found by `fold` (seed 7, case 132): a Conv with a 2^40 pad gives a
+    // 5·10^11-pixel axis, and resize-to-conv-transpose evaluated the nearest
+    // mapping at every output position (a hang). Axes above 65536 pixels
+    // are now left alone with a reason. Replayed on a thread: a regression
+    // fails after a minute instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(replay_file("fold", "fold-resize-huge-dims.ir"));
+    });
+    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("the fold target hangs on this input again");
+    assert_ne!(outcome, Outcome::Accepted, "an invalid model got through");
+}

@@ -4,8 +4,8 @@
 //! `bench/results.md` (the other sections are kept, as `bench --only` does).
 //!
 //! The targets run in the root package's `fuzz` example (`examples/fuzz.rs`),
-//! a child process: it builds with the tests' dependency features, so it
-//! reuses their build of tract, and xtask itself stays small.
+//! a child process built with `--workspace` (the tests' feature union, so
+//! their build is reused), and xtask itself stays small.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -96,9 +96,22 @@ pub fn run(args: &Args) -> Result<()> {
         "==> fuzz: seed {seed}, {threads} thread(s), {per_target:.0} s per target, budget {} s per execution",
         args.budget
     );
+    // Built as part of the workspace (`--workspace`): the same feature union
+    // as `cargo test --workspace --features ort`, so every dependency and
+    // crate of ours is reused from the tests' build. A plain `cargo run
+    // --example` resolves the root package's features alone and builds all
+    // of our crates a second time.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root).args(["run", "--quiet", "--features", "ort", "--example", "fuzz", "--"]);
+    let mut build = Command::new(cargo);
+    build.current_dir(&root).args(["build", "--quiet", "--workspace", "--features", "ort", "--example", "fuzz"]);
+    println!("==> {}", util::show(&build));
+    let built = build.status().with_context(|| format!("cannot run {}", util::show(&build)))?;
+    if !built.success() {
+        bail!("{} failed ({built})", util::show(&build));
+    }
+    let exe = util::target_dir().join("debug").join("examples").join(format!("fuzz{}", std::env::consts::EXE_SUFFIX));
+    let mut cmd = Command::new(&exe);
+    cmd.current_dir(&root);
     cmd.arg("--time-per-target").arg(per_target.to_string());
     cmd.arg("--target").arg(names.join(","));
     cmd.arg("--seed").arg(seed.to_string());

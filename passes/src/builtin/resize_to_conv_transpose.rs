@@ -134,6 +134,9 @@ impl Mapping<'_> {
     }
 }
 
+/// Longest spatial axis whose pixel mapping is checked position by position.
+const MAX_CHECKED_LEN: i64 = 1 << 16;
+
 impl ResizeToConvTranspose {
     /// Checks legality; returns (channels, scale h, scale w) or the reason not to.
     fn plan(&self, g: &Graph, n: NodeId) -> Result<(i64, i64, i64), String> {
@@ -224,6 +227,13 @@ impl ResizeToConvTranspose {
         }
         let m = Mapping { transform, nearest };
         for (axis, s) in [(2, sh), (3, sw)] {
+            // Every output position is evaluated: bound the work (a real
+            // feature map is a few thousand pixels; a hostile dim is 2^40).
+            if let Some(l) = known(axis).filter(|&l| l > MAX_CHECKED_LEN) {
+                return Err(format!(
+                    "input size {l} on axis {axis} is above {MAX_CHECKED_LEN}: replication not checked, left alone"
+                ));
+            }
             if !m.is_replication(s, known(axis)) {
                 return Err(format!(
                     "coordinate_transformation_mode \"{transform}\" with nearest_mode \"{nearest}\" is not pixel replication at scale {s}"
