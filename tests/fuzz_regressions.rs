@@ -126,3 +126,31 @@ fn a_resize_on_a_2_to_the_40_pixel_axis_is_not_checked_pixel_by_pixel() {
     let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("the fold target hangs on this input again");
     assert_ne!(outcome, Outcome::Accepted, "an invalid model got through");
 }
+
+#[test]
+fn an_output_declared_without_element_type_is_completed_by_export() {
+    // Found by `import` (seed 20261130, case 3240184): graph output "x" is
+    // the graph input "x" declared again with element type 0. The verifier
+    // refuses it; export completes the declaration from the input's type,
+    // so the re-imported model verifies: a repair, not a lost verdict.
+    assert_eq!(replay_file("import", "import-output-is-input-untyped.onnx"), Outcome::Rejected);
+}
+
+#[test]
+fn a_conv_whose_kernel_is_longer_than_its_padded_input_is_refused_before_tract() {
+    // Found by `fold` (seed 20261130, case 378): a 3-tall kernel over a
+    // 1-tall input padded to 2. Its output would be empty; tract read out of
+    // bounds building it (a non-unwinding panic in a debug build: the whole
+    // fuzz process aborted). The size check every engine session goes
+    // through now refuses it, naming the node.
+    assert_eq!(replay_file("fold", "fold-conv-kernel-longer-than-padded-input.ir"), Outcome::Rejected);
+    let g = qforge_ir::parse_graph(
+        &std::fs::read_to_string(
+            common::root().join("tests/fixtures/fuzz/fold-conv-kernel-longer-than-padded-input.ir"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let e = qforge_passes::ops::check_sizes(&g, &Default::default(), u64::MAX).unwrap_err().to_string();
+    assert!(e.contains("conv12") && e.contains("shorter than the dilated kernel (3)"), "{e}");
+}

@@ -316,6 +316,7 @@ pub fn run(t: Arc<dyn Target>, opts: &Options) -> Stats {
     let mut workers = Vec::new();
     for w in 0..threads {
         let (t, shared, opts) = (t.clone(), shared.clone(), opts.clone());
+        let trace = std::env::var_os("QFORGE_FUZZ_TRACE").is_some();
         let spawned = std::thread::Builder::new().name(format!("fuzz-{w}")).stack_size(8 << 20).spawn(move || {
             loop {
                 if shared.stop.load(Ordering::Relaxed) {
@@ -334,6 +335,16 @@ pub fn run(t: Arc<dyn Target>, opts: &Options) -> Stats {
                     continue;
                 };
                 *shared.running[w].lock().unwrap_or_else(|e| e.into_inner()) = Some((case, Instant::now()));
+                // An abort (a dependency's non-unwinding panic) ends the
+                // process with no statistics: the trace names the cases in flight.
+                if trace {
+                    eprintln!("fuzz trace: {} case {case} starts", t.name());
+                    // With one case (`--case`), its input too, for a finding
+                    // that leaves no statistics behind.
+                    if let Some(dump) = std::env::var_os("QFORGE_FUZZ_DUMP") {
+                        let _ = std::fs::write(dump, &input);
+                    }
+                }
                 let r = execute(t.as_ref(), &input);
                 *shared.running[w].lock().unwrap_or_else(|e| e.into_inner()) = None;
                 match r {

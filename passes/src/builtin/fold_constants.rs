@@ -14,8 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use qforge_ir::{DataType, Graph, InsertAt, Model, NewNode, NodeId, Tensor, TypeInfo, ValueDef, ValueId};
-use qforge_runtime::{SessionOptions, session};
+use qforge_ir::{DataType, Graph, InsertAt, NewNode, NodeId, Tensor, TypeInfo, ValueDef, ValueId};
+use qforge_runtime::SessionOptions;
 
 use crate::ops::eval::{EvalCx, Skip, Val};
 use crate::ops::{Facts, op_def};
@@ -265,7 +265,7 @@ fn evaluate(g: &Graph, n: NodeId) -> Result<Vec<Tensor>, String> {
     for &v in &outs {
         mini.add_output(v);
     }
-    let s = session(&Model::new(mini), &SessionOptions::default()).map_err(|e| e.to_string())?;
+    let s = crate::numerics::open_session(&mini, &SessionOptions::default()).map_err(|e| e.to_string())?;
     let res = s.run(&[]).map_err(|e| e.to_string())?;
     Ok(res.iter().map(|t| t.to_ir()).collect())
 }

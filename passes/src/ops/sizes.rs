@@ -28,6 +28,9 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
     }
     let mut facts = Facts::default();
     for n in computation_order(&fixed) {
+        if let Some(why) = empty_window(&fixed, &facts, n) {
+            return Err(RuntimeError::BadInput(format!("{}: {why}", describe(&fixed, n))));
+        }
         let Some(types) = facts.infer_over_declared(&fixed, n) else { continue };
         for (slot, t) in types.into_iter().enumerate() {
             let Some(t) = t else { continue };
@@ -50,6 +53,47 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
         }
     }
     Ok(())
+}
+
+/// Why a sliding-window op (Conv, pooling) would have an empty output:
+/// its kernel, dilated, is longer than its padded input on some axis. ONNX
+/// gives no meaning to it, ONNX Runtime refuses it, and tract reads out of
+/// bounds (an abort in a debug build), so it is refused before any engine.
+fn empty_window(g: &Graph, facts: &Facts, n: NodeId) -> Option<String> {
+    let node = g.node(n);
+    let w_slot = match node.op_type() {
+        "Conv" | "ConvInteger" => Some(1),
+        "MaxPool" | "AveragePool" | "LpPool" => None,
+        _ => return None,
+    };
+    if node.attr_str("auto_pad").is_some_and(|a| a == "SAME_UPPER" || a == "SAME_LOWER") {
+        return None;
+    }
+    let x = facts.type_of(g, node.input(0)?)?.shape?.as_known()?;
+    let sp = x.len().checked_sub(2)?;
+    let kernel: Vec<i64> = match (node.attr_ints("kernel_shape"), w_slot) {
+        (Some(k), _) => k.to_vec(),
+        (None, Some(slot)) => facts.type_of(g, node.input(slot)?)?.shape?.as_known()?.get(2..)?.to_vec(),
+        (None, None) => return None,
+    };
+    let pads = if node.attr_str("auto_pad") == Some("VALID") {
+        vec![0; 2 * sp]
+    } else {
+        node.attr_ints("pads").map(<[i64]>::to_vec).unwrap_or_else(|| vec![0; 2 * sp])
+    };
+    let dil = node.attr_ints("dilations").map(<[i64]>::to_vec).unwrap_or_else(|| vec![1; sp]);
+    if kernel.len() != sp || pads.len() != 2 * sp || dil.len() != sp {
+        return None;
+    }
+    (0..sp).find_map(|i| {
+        let eff = (kernel[i] - 1).checked_mul(dil[i])?.checked_add(1)?;
+        let padded = x[2 + i].checked_add(pads[i])?.checked_add(pads[sp + i])?;
+        (padded < eff).then(|| {
+            format!(
+                "on spatial axis {i} the padded input ({padded}) is shorter than the dilated kernel ({eff}): the output would be empty"
+            )
+        })
+    })
 }
 
 /// The nodes in an order where every producer comes before its readers
