@@ -74,7 +74,7 @@ impl PassOptions for CorrectBias {
         ("engine", "tract | ort | auto (default: the run's --engine)"),
         (
             "metric",
-            "judges each round: sqnr (default) | a registered metric (yolo-map50) | {command: ...} | {callback: ...}; a round that scores lower is never kept",
+            "judges each round: sqnr (default) | any registered metric (`qforge passes` lists them) | {command: ...} | {callback: ...}; a round that scores lower is never kept",
         ),
     ];
 }
