@@ -153,4 +153,7 @@ fn a_conv_whose_kernel_is_longer_than_its_padded_input_is_refused_before_tract()
     .unwrap();
     let e = qforge_passes::ops::check_sizes(&g, &Default::default(), u64::MAX).unwrap_err().to_string();
     assert!(e.contains("conv12") && e.contains("shorter than the dilated kernel (3)"), "{e}");
+    // Then (case 732): a nearest Resize by 0.5 of a 1-pixel axis makes it
+    // empty, and the Conv reading it aborted tract the same way.
+    assert_eq!(replay_file("fold", "fold-conv-on-empty-resize-output.ir"), Outcome::Rejected);
 }

@@ -56,7 +56,8 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
 }
 
 /// Why a sliding-window op (Conv, pooling) would have an empty output:
-/// its kernel, dilated, is longer than its padded input on some axis. ONNX
+/// its input is empty on a spatial axis (a Resize by 0.5 of a 1-pixel
+/// axis), or its kernel, dilated, is longer than its padded input. ONNX
 /// gives no meaning to it, ONNX Runtime refuses it, and tract reads out of
 /// bounds (an abort in a debug build), so it is refused before any engine.
 fn empty_window(g: &Graph, facts: &Facts, n: NodeId) -> Option<String> {
@@ -84,6 +85,9 @@ fn empty_window(g: &Graph, facts: &Facts, n: NodeId) -> Option<String> {
     let dil = node.attr_ints("dilations").map(<[i64]>::to_vec).unwrap_or_else(|| vec![1; sp]);
     if kernel.len() != sp || pads.len() != 2 * sp || dil.len() != sp {
         return None;
+    }
+    if let Some(i) = (0..sp).find(|&i| x[2 + i] == 0) {
+        return Some(format!("its input is empty on spatial axis {i} ({x:?}): the output would be empty"));
     }
     (0..sp).find_map(|i| {
         let eff = (kernel[i] - 1).checked_mul(dil[i])?.checked_add(1)?;
