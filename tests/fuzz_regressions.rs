@@ -156,4 +156,8 @@ fn a_conv_whose_kernel_is_longer_than_its_padded_input_is_refused_before_tract()
     // Then (case 732): a nearest Resize by 0.5 of a 1-pixel axis makes it
     // empty, and the Conv reading it aborted tract the same way.
     assert_eq!(replay_file("fold", "fold-conv-on-empty-resize-output.ir"), Outcome::Rejected);
+    // And (case 22798): a tf_crop_and_resize Resize without roi had no
+    // shape rule, so the check could not see the Conv after it; without roi
+    // the output dims are those of any mode (the roi is the whole axis).
+    assert_eq!(replay_file("fold", "fold-conv-after-crop-resize-without-roi.ir"), Outcome::Rejected);
 }

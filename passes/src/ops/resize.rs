@@ -46,7 +46,11 @@ fn resize(cx: &mut Cx<'_>) -> Option<()> {
         None => scales_slot.filter(|&s| cx.has(s)).and_then(|s| cx.floats(s)),
     };
     let policy = cx.attr_str("keep_aspect_ratio_policy").unwrap_or("stretch");
-    let crop = cx.attr_str("coordinate_transformation_mode") == Some("tf_crop_and_resize");
+    // tf_crop_and_resize scales the roi's extent, not the input's; without
+    // an roi input the roi is the whole axis (as ONNX Runtime reads it), so
+    // the output dims are those of any other mode.
+    let crop = cx.attr_str("coordinate_transformation_mode") == Some("tf_crop_and_resize")
+        && !(cx.node().op_type() == "Resize" && cx.opset() >= 11 && !cx.has(1));
     match (sizes, scales) {
         (Some(Some(p)), _) if p.elems.len() == axes.len() => {
             if policy == "stretch" {
