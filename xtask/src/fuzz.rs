@@ -154,6 +154,9 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(c) = args.case {
         cmd.arg("--case").arg(c.to_string());
     }
+    // A statistics file left by an earlier run with the same seed must not
+    // pass for this run's when the runner dies before writing its own.
+    let _ = std::fs::remove_file(&json);
     let status = cmd.status().with_context(|| format!("cannot run {}", util::show(&cmd)))?;
     let text = std::fs::read_to_string(&json)
         .with_context(|| format!("{} wrote no statistics ({status})", util::show(&cmd)))?;
