@@ -40,19 +40,7 @@ graph small {
 "#;
 
 fn random_npy(dir: &Path, n: usize, shape: &[usize]) {
-    let mut x: u64 = 42;
-    for i in 0..n {
-        let len: usize = shape.iter().product();
-        let data: Vec<f32> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        write_npy(&dir.join(format!("{i}.npy")), shape, &data).unwrap();
-    }
+    common::random_npy(dir, n, shape, 42);
 }
 
 #[test]
@@ -606,6 +594,11 @@ fn correct_bias_cancels_a_known_rounding_shift() {
     for (a, e) in after.iter().zip(&expected) {
         assert!((a - e).abs() < 1e-3, "{after:?} vs {expected:?}");
     }
+    let text = qforge_ir::print_graph(&g, &qforge_ir::PrintOptions { max_elements: 8, initializers: true });
+    insta::with_settings!({ omit_expression => true }, { insta::assert_snapshot!(text) });
+    // Without insert-qdq before it there is no float model to compare with.
+    let e = run_pipeline(&mut float.clone(), "passes:\n  - correct-bias\n").unwrap_err();
+    assert!(e.contains("run insert-qdq before correct-bias"), "{e}");
     // The written model is valid ONNX that ONNX Runtime loads.
     let path = dir.path().join("corrected.onnx");
     qforge_ir::save(&qforge_ir::Model::new(g), &path, &Default::default()).unwrap();

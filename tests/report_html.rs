@@ -50,18 +50,7 @@ fn fixture(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     qforge_ir::save(&qforge_ir::Model::new(g), &model, &Default::default()).expect("fixture saves");
     let npy = dir.join("npy");
     std::fs::create_dir_all(&npy).unwrap();
-    let mut x: u64 = 7;
-    for i in 0..n {
-        let data: Vec<f32> = (0..3 * 16 * 16)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
-        qforge_runtime::write_npy(&npy.join(format!("{i}.npy")), &[1, 3, 16, 16], &data).unwrap();
-    }
+    common::random_npy(&npy, n, &[1, 3, 16, 16], 7);
     let pipeline = dir.join("int8.yaml");
     let yaml = format!(
         "name: report-test\npasses:\n  - infer-shapes\n  - calibrate: {{method: entropy, data: {{npy: {:?}}}}}\n  \

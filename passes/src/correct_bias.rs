@@ -1,3 +1,5 @@
+//! Conv(DQ(Q(%x)), DQ(@w_int8), @b) => Conv(…, @b − mean_c(quantized − float output)), measured on calibration samples.
+//!
 //! `correct-bias`: each quantized Conv/ConvTranspose/Gemm's float bias
 //! absorbs the mean error that quantization adds to its output.
 //!

@@ -127,3 +127,22 @@ pub fn run(args: &[&str]) -> Out {
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Writes `n` samples `0.npy`, `1.npy`, … of `shape` with values in [0, 1)
+/// from a xorshift generator seeded with `seed` (the same files every run).
+#[allow(dead_code)] // not every test binary calibrates
+pub fn random_npy(dir: &std::path::Path, n: usize, shape: &[usize], seed: u64) {
+    let mut x = seed.max(1);
+    let len: usize = shape.iter().product();
+    for i in 0..n {
+        let data: Vec<f32> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        qforge_runtime::write_npy(&dir.join(format!("{i}.npy")), shape, &data).unwrap();
+    }
+}
