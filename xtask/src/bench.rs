@@ -342,6 +342,9 @@ fn time_qforge_checked(ctx: &Ctx, model: &Path, out: &Path) -> Result<f64> {
     let mut cmd = Command::new(&ctx.qforge);
     cmd.current_dir(&ctx.root).arg("run").arg("pipelines/fold.yaml").arg("-i").arg(model).arg("-o").arg(out);
     cmd.arg("-q").arg("--check-numerics").stdout(Stdio::null());
+    for shape in models::numerics_input_shapes(model) {
+        cmd.arg("--input-shape").arg(shape);
+    }
     let start = Instant::now();
     util::run_captured(&mut cmd)?;
     Ok(start.elapsed().as_secs_f64())

@@ -4,6 +4,7 @@
 pub mod eliminate_dead;
 pub mod eliminate_identity;
 pub mod fold_batchnorm;
+pub mod fold_bias_add;
 pub mod fold_constants;
 pub mod infer_shapes;
 pub mod load_calibration;
