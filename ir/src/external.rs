@@ -75,7 +75,7 @@ pub(crate) fn resolve(t: &mut TensorProto, dir: Option<&Path>) -> Result<(), IrE
     }
     let mut buf = vec![0u8; len as usize];
     f.seek(SeekFrom::Start(offset)).and_then(|_| f.read_exact(&mut buf)).map_err(|e| err(e.to_string()))?;
-    t.raw_data = Some(buf);
+    t.raw_data = Some(buf.into());
     t.external_data.clear();
     t.data_location = None;
     Ok(())

@@ -24,6 +24,7 @@ mod parser;
 mod printer;
 pub mod proto;
 mod shape;
+mod sink;
 mod tensor;
 pub mod verify;
 

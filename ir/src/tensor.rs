@@ -27,23 +27,27 @@ pub struct Tensor {
 pub trait Element: Copy + Send + Sync + 'static {
     /// Its ONNX element type.
     const DTYPE: DataType;
+    /// Bytes per element (a constant, so the loops over elements compile
+    /// to straight copies: converting 11 M weights is a few ms).
+    const SIZE: usize;
     /// Decodes one element from its little-endian bytes.
     fn read_le(bytes: &[u8]) -> Self;
-    /// Appends the little-endian bytes of one element.
-    fn write_le(self, out: &mut Vec<u8>);
+    /// Writes the little-endian bytes of one element to `out` (`SIZE` bytes).
+    fn write_le(self, out: &mut [u8]);
 }
 
 macro_rules! element {
     ($t:ty, $dt:ident) => {
         impl Element for $t {
             const DTYPE: DataType = DataType::$dt;
+            const SIZE: usize = std::mem::size_of::<$t>();
             fn read_le(bytes: &[u8]) -> Self {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
                 a.copy_from_slice(&bytes[..std::mem::size_of::<$t>()]);
                 <$t>::from_le_bytes(a)
             }
-            fn write_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
+            fn write_le(self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes());
             }
         }
     };
@@ -63,11 +67,12 @@ element!(bf16, BF16);
 
 impl Element for bool {
     const DTYPE: DataType = DataType::Bool;
+    const SIZE: usize = 1;
     fn read_le(bytes: &[u8]) -> Self {
         bytes[0] != 0
     }
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.push(self as u8);
+    fn write_le(self, out: &mut [u8]) {
+        out[0] = self as u8;
     }
 }
 
@@ -80,9 +85,9 @@ impl Tensor {
     pub fn new<T: Element>(dims: &[i64], data: &[T]) -> Tensor {
         let n: i64 = dims.iter().product();
         assert_eq!(n as usize, data.len(), "tensor data length does not match dims {dims:?}");
-        let mut raw = Vec::with_capacity(data.len() * T::DTYPE.size().unwrap_or(1));
-        for &x in data {
-            x.write_le(&mut raw);
+        let mut raw = vec![0u8; data.len() * T::SIZE];
+        for (out, &x) in raw.chunks_exact_mut(T::SIZE).zip(data) {
+            x.write_le(out);
         }
         Tensor::from_raw(T::DTYPE, dims, raw)
     }
@@ -98,7 +103,7 @@ impl Tensor {
             proto: TensorProto {
                 dims: dims.to_vec(),
                 data_type: Some(dtype.onnx()),
-                raw_data: Some(raw),
+                raw_data: Some(raw.into()),
                 ..Default::default()
             },
             external: false,
@@ -223,8 +228,7 @@ impl Tensor {
             )));
         }
         let raw = self.raw_bytes()?;
-        let size = T::DTYPE.size().unwrap_or(1);
-        Ok(raw.chunks_exact(size).map(T::read_le).collect())
+        Ok(raw.chunks_exact(T::SIZE).map(T::read_le).collect())
     }
 
     /// The elements converted to `f32` from any real numeric type (bool as 0/1).

@@ -114,7 +114,7 @@ pub fn fill(bytes: &[u8]) -> Result<Vec<u8>> {
         let n = t.dims.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
         let n = n.with_context(|| format!("tensor {}: bad dims {:?}", t.name(), t.dims))?;
         let values = generate(&recipe, t.name(), n)?;
-        t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        t.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into());
         t.float_data.clear();
         t.doc_string = None;
         filled += 1;
