@@ -189,7 +189,8 @@ fn run(
 ) -> Result<Run, PassError> {
     let outputs: Vec<String> = g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect();
     let fetch: Vec<String> = names.iter().chain(&outputs).cloned().collect();
-    let opts = SessionOptions { outputs: fetch, input_shapes: shapes.clone(), engine, ..Default::default() };
+    let opts =
+        SessionOptions { outputs: fetch, input_shapes: shapes.clone(), engine, threads: 1, ..Default::default() };
     let session = crate::numerics::open_session(g, &opts)
         .map_err(|source| PassError::Runtime { context: what.to_string(), source })?;
     let per_sample: Vec<Run> = inputs

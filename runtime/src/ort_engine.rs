@@ -129,6 +129,8 @@ pub struct OrtSession {
     bytes: Vec<u8>,
     idle: Mutex<Vec<OrtInner>>,
     sig: Signature,
+    /// Intra-op threads of each session (0: ONNX Runtime's default).
+    threads: usize,
 }
 
 impl OrtSession {
@@ -153,12 +155,12 @@ impl OrtSession {
         }
         let bytes = prost::Message::encode_to_vec(&proto);
         // The first session now, so a model ONNX Runtime refuses fails here.
-        let first = build(&bytes)?;
-        Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig })
+        let first = build(&bytes, opts.threads)?;
+        Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig, threads: opts.threads })
     }
 }
 
-fn build(bytes: &[u8]) -> Result<OrtInner, RuntimeError> {
+fn build(bytes: &[u8], threads: usize) -> Result<OrtInner, RuntimeError> {
     let mut builder = OrtInner::builder(environment()?).map_err(engine_err)?;
     // No CPU memory arena: its blocks are kept at their high-water mark and
     // extended as they fragment, so peak RSS crept up with the number of
@@ -177,6 +179,8 @@ fn build(bytes: &[u8]) -> Result<OrtInner, RuntimeError> {
         .with_log_level(ort::logging::LogLevel::Error)
         .map_err(engine_err)?
         .with_intra_op_spinning(false)
+        .map_err(engine_err)?
+        .with_intra_threads(threads)
         .map_err(engine_err)?
         .commit_from_memory(bytes)
         .map_err(engine_err)
@@ -250,7 +254,7 @@ impl crate::Session for OrtSession {
         let taken = self.idle.lock().map_err(|_| poisoned())?.pop();
         let mut session = match taken {
             Some(s) => s,
-            None => build(&self.bytes)?,
+            None => build(&self.bytes, self.threads)?,
         };
         let result = session.run(feed).map_err(engine_err).and_then(|out| {
             self.sig

@@ -94,7 +94,8 @@ pub fn collect(
     shapes.insert(g.value_name(input).to_string(), input_shape.to_vec());
     let session = crate::numerics::open_session(
         g,
-        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine, ..Default::default() },
+        // Samples run concurrently, one thread each (see `SessionOptions::threads`).
+        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine, threads: 1, ..Default::default() },
     )
     .map_err(runtime_err("preparing the model for calibration"))?;
 

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
+
 use qforge_ir::{Graph, Model};
 use qforge_runtime::{Engine, HostTensor, SessionOptions};
 
@@ -58,12 +60,29 @@ pub fn run_all(
     input_shapes: &BTreeMap<String, Vec<usize>>,
     what: &str,
 ) -> Result<Vec<Vec<HostTensor>>, PassError> {
-    let opts = SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine, ..Default::default() };
+    let opts =
+        SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine, threads: 1, ..Default::default() };
     let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(runtime(what))?;
-    inputs.iter().map(|x| s.run(std::slice::from_ref(x)).map_err(runtime(what))).collect()
+    // Samples in parallel: a session runs concurrently (each run has its
+    // own state), and the sequential steps of the search (the base run, the
+    // greedy combinations) would otherwise use one core.
+    inputs.par_iter().map(|x| s.run(std::slice::from_ref(x)).map_err(runtime(what))).collect()
 }
 
 impl Judge {
+    /// The same judge on the first `n` samples only.
+    pub fn subset(&self, n: usize) -> Judge {
+        let n = n.min(self.inputs.len());
+        Judge {
+            inputs: self.inputs[..n].to_vec(),
+            reference: self.reference[..n].to_vec(),
+            metric: self.metric.clone(),
+            engine: self.engine,
+            input_shapes: self.input_shapes.clone(),
+            tie: self.tie,
+        }
+    }
+
     /// Outputs of `g` on the samples.
     pub fn outputs(&self, g: &Graph, what: &str) -> Result<Vec<Vec<HostTensor>>, PassError> {
         run_all(g, &self.inputs, Vec::new(), self.engine, &self.input_shapes, what)

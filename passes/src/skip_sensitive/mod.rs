@@ -57,6 +57,10 @@ pub struct SkipSensitive {
     pub samples: usize,
     /// Samples of the local measure that ranks layers (cheap: one run each).
     pub local_samples: usize,
+    /// Samples each shortlisted layer is first measured on alone (the
+    /// first of `samples`); every greedy step is then measured on all of
+    /// them. Output metrics only: a model metric judges the file.
+    pub screen_samples: usize,
     /// Layers measured end to end (the worst by the local measure); default `2·top_k + 2`.
     pub shortlist: Option<usize>,
     /// Metric differences up to this are ties, broken by output SQNR.
@@ -82,6 +86,7 @@ impl Default for SkipSensitive {
             target: None,
             samples: 8,
             local_samples: 4,
+            screen_samples: 8,
             shortlist: None,
             tie: 0.002,
             data: None,
@@ -102,6 +107,10 @@ impl PassOptions for SkipSensitive {
         ("target", "stop once the metric reaches this value (default none)"),
         ("samples", "samples the model is judged on (default 8)"),
         ("local_samples", "samples of the local per-layer measure that ranks candidates (default 4)"),
+        (
+            "screen_samples",
+            "samples each shortlisted layer is first measured on alone; every greedy step is measured on all samples (default 8)",
+        ),
         ("shortlist", "layers measured end to end, the worst by the local measure (default 2*top_k+2)"),
         ("tie", "metric differences up to this are ties, broken by output SQNR (default 0.002)"),
         (
@@ -123,6 +132,9 @@ register_pass!(
     "quantized layers => the most sensitive back in float, each kept only if the measured model improves"
 );
 
+/// A model's outputs, per sample.
+type Outputs = Vec<Vec<HostTensor>>;
+
 /// One layer measured end to end, and what the greedy search made of it.
 struct Candidate {
     layer: NodeId,
@@ -130,6 +142,8 @@ struct Candidate {
     op: String,
     local_sqnr: f64,
     alone: Score,
+    /// The trial's outputs on the samples `alone` was measured on.
+    alone_outputs: Outputs,
     /// The combination measured with this layer added, if it was tried.
     combined: Option<Score>,
     accepted: bool,
@@ -209,6 +223,7 @@ impl Pass for SkipSensitive {
             None => judge::run_all(&float, &inputs, Vec::new(), engine, &input_shapes, "skip-sensitive: float model")?,
         };
         let mut judge = Judge { inputs, reference, metric, engine, input_shapes, tie: self.tie };
+        let mut clock = Phases::default();
         let layers = quantized_layers(g);
         if layers.is_empty() {
             r.note("no quantized layer: nothing to measure");
@@ -218,6 +233,7 @@ impl Pass for SkipSensitive {
         // Local ranking, and the quantized model's outputs on those samples.
         let k = self.local_samples.clamp(1, judge.inputs.len());
         let loc = local::measure(g, &float, &layers, &judge.inputs[..k], engine, &judge.input_shapes)?;
+        clock.lap("local measure");
 
         // Shortlist: the worst layers by the local measure, each as a trial
         // graph with that layer back in float.
@@ -272,6 +288,7 @@ impl Pass for SkipSensitive {
         let base_run = partial::BaseRun::new(g, &judge, &cached)?;
         let cache = (!cached.is_empty()).then_some(&base_run);
         let base_outputs = base_run.graph_outputs();
+        clock.lap("all-quantized run");
         // A task metric that cannot judge these samples (e.g. the float model
         // detects nothing) falls back to SQNR rather than failing the pipeline.
         // The user's own evaluation failing is an error, never replaced.
@@ -300,28 +317,57 @@ impl Pass for SkipSensitive {
             engine.describe()
         ));
 
+        // Layers alone on the first `screen_samples` (a ranking for the
+        // greedy order, never a decision: each step is measured on all).
+        let n_screen = match judge.metric {
+            Metric::Outputs(_) => self.screen_samples.clamp(1, judge.inputs.len()),
+            Metric::Model { .. } => judge.inputs.len(),
+        };
+        // A subset the metric cannot judge (a task metric on samples where
+        // the float model finds nothing) is no screen: all samples are used.
+        let screen = (n_screen < judge.inputs.len())
+            .then(|| judge.subset(n_screen))
+            .and_then(|sj| sj.score_model(g, &base_outputs[..n_screen]).ok().map(|b| (sj, b)));
+        let (screen, screen_base) = match screen {
+            Some((sj, b)) => (Some(sj), b),
+            None => (None, base),
+        };
+        let n_screen = screen.as_ref().map_or(judge.inputs.len(), |sj| sj.inputs.len());
+        let screen_judge = screen.as_ref().unwrap_or(&judge);
+        if screen.is_some() {
+            r.note(format!(
+                "layers alone measured on {n_screen} of the {} samples; each greedy step on all",
+                judge.inputs.len()
+            ));
+        }
         let bar = progress(cx.quiet, m as u64, "sensitivity {bar:30} {pos}/{len} layers alone, ETA {eta}");
-        let alone: Result<Vec<Score>, PassError> = short
+        // Each trial's outputs on the screen samples are kept (a few hundred
+        // KB each): the first greedy step completes them on the other
+        // samples instead of running these again.
+        let alone: Result<Vec<(Score, Outputs)>, PassError> = short
             .par_iter()
             .zip(&trials)
             .map(|(&i, trial)| {
                 crate::interrupt::check()?;
-                let s = judge.score_trial(trial, &[layers[i]], cache, "skip-sensitive: trial");
+                let outs = judge.trial_outputs(trial, &[layers[i]], cache, 0..n_screen, "skip-sensitive: trial")?;
+                let s = screen_judge.score_model(trial, &outs)?;
                 bar.inc(1);
-                s
+                Ok((s, outs))
             })
             .collect();
         drop(trials);
         bar.finish_and_clear();
+        clock.lap("layers alone");
         let mut cands: Vec<Candidate> = short
             .iter()
             .zip(alone?)
-            .map(|(&i, s)| Candidate {
+            .map(|(&i, (s, outs))| Candidate {
                 layer: layers[i],
                 name: g.node(layers[i]).name().to_string(),
                 op: g.node(layers[i]).op_type().to_string(),
                 local_sqnr: loc.sqnr[i],
                 alone: s,
+                alone_outputs: outs,
                 combined: None,
                 accepted: false,
                 why: "not reached",
@@ -343,12 +389,21 @@ impl Pass for SkipSensitive {
                 c.why = "target reached";
                 continue;
             }
-            if !judge.better(c.alone, base) {
+            if !screen_judge.better(c.alone, screen_base) {
                 c.why = "no better than all-quantized when alone";
                 continue;
             }
-            let combined = if chosen.is_empty() {
+            let combined = if chosen.is_empty() && screen.is_none() {
                 c.alone
+            } else if chosen.is_empty() {
+                // The layer alone, completed on the samples the screen left out.
+                let mut trial = g.clone();
+                to_float(&mut trial, c.layer, &float, self.float_weights)?;
+                let n = judge.inputs.len();
+                let what = "skip-sensitive: layer alone, all samples";
+                let mut outs = std::mem::take(&mut c.alone_outputs);
+                outs.extend(judge.trial_outputs(&trial, &[c.layer], cache, n_screen..n, what)?);
+                judge.score_model(&trial, &outs)?
             } else {
                 let mut trial = g.clone();
                 let changed: Vec<NodeId> = chosen.iter().chain([&c.layer]).copied().collect();
@@ -382,6 +437,8 @@ impl Pass for SkipSensitive {
                 c.local_sqnr
             ));
         }
+        clock.lap("combinations");
+        r.note(clock.summary());
         for &l in &chosen {
             to_float(g, l, &float, self.float_weights)?;
         }
@@ -395,7 +452,8 @@ impl Pass for SkipSensitive {
             base.metric,
             base.sqnr
         ));
-        let doc = report_json(&name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
+        let mut doc = report_json(&name, &from, base, current, &layers, &loc.sqnr, layer_names(&layers, g), &cands);
+        doc["alone_samples"] = serde_json::json!(n_screen);
         if let Some(p) = &self.report {
             let p = match cx.output_path.as_ref().and_then(|o| o.parent()) {
                 Some(dir) if p.is_relative() => dir.join(p),
@@ -406,6 +464,32 @@ impl Pass for SkipSensitive {
         }
         r.publish("sensitivity", doc);
         Ok(r)
+    }
+}
+
+/// Wall time of the search's phases, for the report: where the time goes
+/// is what a user tunes (`samples`, `shortlist`, `engine`).
+struct Phases {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, f64)>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases { last: std::time::Instant::now(), laps: Vec::new() }
+    }
+}
+
+impl Phases {
+    fn lap(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((what, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        let parts: Vec<String> = self.laps.iter().map(|(w, s)| format!("{w} {s:.2} s")).collect();
+        format!("time: {}", parts.join(", "))
     }
 }
 

@@ -19,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use rayon::prelude::*;
+
 use qforge_ir::{Graph, Model, NodeId, TypeInfo, ValueDef, ValueId};
 use qforge_runtime::{HostTensor, SessionOptions};
 
@@ -179,12 +181,30 @@ impl Judge {
         base: Option<&BaseRun>,
         what: &str,
     ) -> Result<Score, PassError> {
+        let outputs = self.trial_outputs(trial, changed, base, 0..self.inputs.len(), what)?;
+        self.score_model(trial, &outputs)
+    }
+
+    /// The outputs of `trial` on the samples in `range` (see
+    /// [`Judge::score_trial`]): a trial measured on some samples can be
+    /// completed on the others without running the first ones again.
+    pub fn trial_outputs(
+        &self,
+        trial: &Graph,
+        changed: &[NodeId],
+        base: Option<&BaseRun>,
+        range: std::ops::Range<usize>,
+        what: &str,
+    ) -> Result<Vec<Vec<HostTensor>>, PassError> {
+        let inputs = &self.inputs[range.clone()];
         let sample_input = trial.runtime_inputs().first().map(|&v| trial.value_name(v).to_string()).unwrap_or_default();
         let cutted = match base {
             Some(b) => cut(trial, changed, b, &sample_input).map(|c| (b, c)),
             None => None,
         };
-        let Some((base, (c, from_cut))) = cutted else { return self.score(trial, what) };
+        let Some((base, (c, from_cut))) = cutted else {
+            return super::judge::run_all(trial, inputs, Vec::new(), self.engine, &self.input_shapes, what);
+        };
         let mut shapes: BTreeMap<String, Vec<usize>> = self.input_shapes.clone();
         for &v in &c.runtime_inputs() {
             let name = c.value_name(v);
@@ -194,12 +214,16 @@ impl Judge {
                 shapes.insert(name.to_string(), base.values[0][i].shape.clone());
             }
         }
-        let opts =
-            SessionOptions { outputs: Vec::new(), input_shapes: shapes, engine: self.engine, ..Default::default() };
+        let opts = SessionOptions {
+            outputs: Vec::new(),
+            input_shapes: shapes,
+            engine: self.engine,
+            threads: 1,
+            ..Default::default()
+        };
         let rt = |source| PassError::Runtime { context: what.to_string(), source };
         let s = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
-        let mut outputs = Vec::with_capacity(self.inputs.len());
-        for (k, x) in self.inputs.iter().enumerate() {
+        let run = |(k, x): (usize, &HostTensor)| -> Result<Vec<HostTensor>, PassError> {
             let feed: Vec<HostTensor> = s
                 .input_names()
                 .iter()
@@ -209,18 +233,17 @@ impl Judge {
                 })
                 .collect();
             let out = s.run(&feed).map_err(rt)?;
-            outputs.push(
-                from_cut
-                    .iter()
-                    .enumerate()
-                    .map(|(j, slot)| match slot {
-                        Some(i) => out[*i].clone(),
-                        None => base.values[k][j].clone(),
-                    })
-                    .collect::<Vec<_>>(),
-            );
-        }
-        self.score_model(trial, &outputs)
+            Ok(from_cut
+                .iter()
+                .enumerate()
+                .map(|(j, slot)| match slot {
+                    Some(i) => out[*i].clone(),
+                    None => base.values[k][j].clone(),
+                })
+                .collect())
+        };
+        // Samples in parallel (see `run_all`); `k` indexes the base run.
+        inputs.par_iter().enumerate().map(|(k, x)| run((range.start + k, x))).collect()
     }
 }
 
@@ -283,6 +306,34 @@ mod tests {
             input_shapes: shapes,
             tie: 0.0,
         };
+        // Three samples: a trial measured on the first, then completed on
+        // the other two, has exactly the outputs of one run on all three.
+        let mut judge = judge;
+        for seed in [8, 9] {
+            let x = qforge_runtime::random_inputs(&[("x".into(), vec![1, 2, 6, 6], qforge_ir::DataType::F32)], seed);
+            judge.reference.extend(
+                super::super::judge::run_all(&all_float, &x, Vec::new(), engine, &judge.input_shapes, "ref").unwrap(),
+            );
+            judge.inputs.extend(x);
+        }
+        let mut trial = g.clone();
+        super::super::to_float(&mut trial, layers[1], &float, false).unwrap();
+        let base = BaseRun::new(&g, &judge, &boundary(&trial, &region(&trial, &[layers[1]]))).unwrap();
+        let whole = judge.trial_outputs(&trial, &[layers[1]], Some(&base), 0..3, "all").unwrap();
+        let mut parts = judge.trial_outputs(&trial, &[layers[1]], Some(&base), 0..1, "first").unwrap();
+        parts.extend(judge.trial_outputs(&trial, &[layers[1]], Some(&base), 1..3, "rest").unwrap());
+        assert_eq!(whole, parts);
+        assert_eq!(
+            judge.score_model(&trial, &whole).unwrap(),
+            judge.score_trial(&trial, &[layers[1]], Some(&base), "s").unwrap()
+        );
+        let sub = judge.subset(1);
+        assert_eq!((sub.inputs.len(), sub.reference.len()), (1, 1));
+        assert_eq!(
+            sub.score_model(&trial, &whole[..1]).unwrap(),
+            sub.score_trial(&trial, &[layers[1]], Some(&base), "s").unwrap()
+        );
+
         for changed in [vec![layers[1]], vec![layers[2]], vec![layers[1], layers[2]], vec![layers[0]]] {
             let mut trial = g.clone();
             let mut cached = Vec::new();
