@@ -161,3 +161,42 @@ fn a_conv_whose_kernel_is_longer_than_its_padded_input_is_refused_before_tract()
     // the output dims are those of any mode (the roi is the whole axis).
     assert_eq!(replay_file("fold", "fold-conv-after-crop-resize-without-roi.ir"), Outcome::Rejected);
 }
+
+#[test]
+fn a_resize_to_1e9_pixels_next_to_an_empty_axis_is_refused_before_tract() {
+    // Found by `fold` (seed 20261130, case 16312): a nearest Resize scales a
+    // 1-pixel axis by 1e9 and the next by 0.5, so its output is empty (0
+    // bytes, under every bound) while tract walked the 1e9-long axis: the
+    // case hung and grew without end, and the fuzz run was OOM-killed at
+    // 24 GB. The size check now counts an empty axis as 1 when it bounds
+    // the others. Replayed on a thread: a regression fails after a minute.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(replay_file("fold", "fold-resize-1e9-next-to-an-empty-axis.ir"));
+    });
+    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("the fold target hangs on this input again");
+    assert_eq!(outcome, Outcome::Rejected);
+    let text =
+        std::fs::read_to_string(common::root().join("tests/fixtures/fuzz/fold-resize-1e9-next-to-an-empty-axis.ir"))
+            .unwrap();
+    let g = qforge_ir::parse_graph(&text).unwrap();
+    let e = qforge_passes::ops::check_sizes(&g, &Default::default(), 1 << 30).unwrap_err().to_string();
+    assert!(e.contains("resize28"), "{e}");
+}
+
+#[test]
+fn a_conv_padded_beyond_the_tensor_bound_is_refused_before_tract() {
+    // Found by `fold` (seed 20261130, case 58763): a Conv padded by 2^40
+    // makes an axis past what shape rules track (unknown above 2^40), so
+    // the size check saw nothing, and tract planned a 4 TB index table for
+    // the Resize after it (an allocation failure aborts the process). A
+    // padded input axis longer than the tensor bound is now refused.
+    assert_eq!(replay_file("fold", "fold-conv-padded-by-2-to-the-40-then-resize.ir"), Outcome::Rejected);
+    let text = std::fs::read_to_string(
+        common::root().join("tests/fixtures/fuzz/fold-conv-padded-by-2-to-the-40-then-resize.ir"),
+    )
+    .unwrap();
+    let g = qforge_ir::parse_graph(&text).unwrap();
+    let e = qforge_passes::ops::check_sizes(&g, &Default::default(), 1 << 30).unwrap_err().to_string();
+    assert!(e.contains("conv4") && e.contains("padded by 1 and 1099511627776"), "{e}");
+}

@@ -378,6 +378,11 @@ pub fn run(t: Arc<dyn Target>, opts: &Options) -> Stats {
                     hung.push(case);
                     let msg = format!("case still running after {:.1} s", since.elapsed().as_secs_f64());
                     shared.record(t.as_ref(), opts, case, Kind::Hang, msg);
+                    // A hang ends the target's run: the stuck thread cannot be
+                    // stopped, and what it holds grows (a runaway case took a
+                    // run from 60 MB to the 24 GB OOM kill in a minute, losing
+                    // every statistic). The finding is saved; fix and rerun.
+                    shared.stop.store(true, Ordering::Relaxed);
                 }
             }
         }

@@ -85,6 +85,12 @@ fn bn_affine(g: &Graph, bn: NodeId) -> Result<Option<Affine>, PassError> {
     }
     let scale: Vec<f64> = (0..c).map(|i| p[0][i] / (p[3][i] + eps).sqrt()).collect();
     let shift: Vec<f64> = (0..c).map(|i| p[1][i] - p[2][i] * scale[i]).collect();
+    // A negative variance (or an infinite parameter) makes the BN's output
+    // NaN/inf on that channel only; folded, the NaN would spread through the
+    // whole layer, so it is not an exact rewrite (found by the fuzzer).
+    if scale.iter().chain(&shift).any(|x| !x.is_finite()) {
+        return Ok(None);
+    }
     Ok(Some(Affine { scale, shift }))
 }
 

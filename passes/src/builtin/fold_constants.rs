@@ -265,7 +265,9 @@ fn evaluate(g: &Graph, n: NodeId) -> Result<Vec<Tensor>, String> {
     for &v in &outs {
         mini.add_output(v);
     }
-    let s = crate::numerics::open_session(&mini, &SessionOptions::default()).map_err(|e| e.to_string())?;
+    // One thread: a thread pool per one-node session costs more than the node.
+    let opts = SessionOptions { threads: 1, ..Default::default() };
+    let s = crate::numerics::open_session(&mini, &opts).map_err(|e| e.to_string())?;
     let res = s.run(&[]).map_err(|e| e.to_string())?;
     Ok(res.iter().map(|t| t.to_ir()).collect())
 }

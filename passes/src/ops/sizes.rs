@@ -28,6 +28,9 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
     }
     let mut facts = Facts::default();
     for n in computation_order(&fixed) {
+        if let Some(why) = padded_beyond(&fixed, &facts, n, limit) {
+            return Err(RuntimeError::BadInput(format!("{}: {why}", describe(&fixed, n))));
+        }
         if let Some(why) = empty_window(&fixed, &facts, n) {
             return Err(RuntimeError::BadInput(format!("{}: {why}", describe(&fixed, n))));
         }
@@ -39,7 +42,11 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
                 continue;
             }
             let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
-            let bytes = tensor_bytes(&dims, dtype.size().unwrap_or(1));
+            // An empty axis does not make the others free: engines still walk
+            // them (tract's nearest Resize of a 1-pixel axis by 1e9 next to an
+            // axis resized to 0 ran out of memory), so empty axes count as 1.
+            let spans: Vec<usize> = dims.iter().map(|&d| d.max(1)).collect();
+            let bytes = tensor_bytes(&spans, dtype.size().unwrap_or(1));
             if bytes > limit {
                 let value = fixed.node(n).output(slot).map(|v| fixed.value_name(v).to_string()).unwrap_or_default();
                 return Err(RuntimeError::TooLarge {
@@ -53,6 +60,37 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
         }
     }
     Ok(())
+}
+
+/// Why a sliding-window op's padded input is beyond `limit` elements on
+/// some axis: shape rules give up on such dims (above 2^40 they are
+/// "unknown"), so the size check cannot see the tensors after it, while an
+/// engine walks the padded axis (a Conv padded by 2^40 led tract to plan a
+/// 4 TB index table for a Resize after it: an allocation abort).
+fn padded_beyond(g: &Graph, facts: &Facts, n: NodeId, limit: u64) -> Option<String> {
+    let node = g.node(n);
+    if !matches!(node.op_type(), "Conv" | "ConvInteger" | "ConvTranspose" | "MaxPool" | "AveragePool" | "LpPool") {
+        return None;
+    }
+    let pads = node.attr_ints("pads")?;
+    let x = facts.type_of(g, node.input(0)?)?.shape?.as_known()?;
+    let sp = x.len().checked_sub(2)?;
+    if pads.len() != 2 * sp {
+        return None;
+    }
+    (0..sp).find_map(|i| {
+        let padded = x[2 + i].checked_add(pads[i]).and_then(|v| v.checked_add(pads[sp + i]));
+        let too_long = padded.is_none_or(|p| u64::try_from(p).is_ok_and(|p| p > limit));
+        too_long.then(|| {
+            format!(
+                "on spatial axis {i} the input ({}) padded by {} and {} spans more than the {} elements a tensor may hold",
+                x[2 + i],
+                pads[i],
+                pads[sp + i],
+                limit
+            )
+        })
+    })
 }
 
 /// Why a sliding-window op (Conv, pooling) would have an empty output:
