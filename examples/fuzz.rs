@@ -68,6 +68,7 @@ fn main() -> std::process::ExitCode {
             threads,
             budget: Duration::from_secs(a.budget),
             findings_dir: a.findings.clone(),
+            stop_on_hang: true,
         };
         let stats = qforge_fuzz::run(t, &opts);
         print_stats(&stats);

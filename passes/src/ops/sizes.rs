@@ -62,10 +62,10 @@ pub fn check_sizes(g: &Graph, input_shapes: &BTreeMap<String, Vec<usize>>, limit
     Ok(())
 }
 
-/// Why a sliding-window op's padded input is beyond `limit` elements on
-/// some axis: shape rules give up on such dims (above 2^40 they are
-/// "unknown"), so the size check cannot see the tensors after it, while an
-/// engine walks the padded axis (a Conv padded by 2^40 led tract to plan a
+/// Why a sliding-window op's padded input is bigger than `limit` bytes:
+/// shape rules give up on such dims (above 2^40 they are "unknown"), so
+/// the size check cannot see the tensors after it, while an engine walks
+/// (or makes) the padded input (a Conv padded by 2^40 led tract to plan a
 /// 4 TB index table for a Resize after it: an allocation abort).
 fn padded_beyond(g: &Graph, facts: &Facts, n: NodeId, limit: u64) -> Option<String> {
     let node = g.node(n);
@@ -73,23 +73,29 @@ fn padded_beyond(g: &Graph, facts: &Facts, n: NodeId, limit: u64) -> Option<Stri
         return None;
     }
     let pads = node.attr_ints("pads")?;
-    let x = facts.type_of(g, node.input(0)?)?.shape?.as_known()?;
+    let x_v = node.input(0)?;
+    let t = facts.type_of(g, x_v)?;
+    let x = t.shape?.as_known()?;
     let sp = x.len().checked_sub(2)?;
-    if pads.len() != 2 * sp {
+    if pads.len() != 2 * sp || x.iter().any(|&d| d < 0) {
         return None;
     }
-    (0..sp).find_map(|i| {
-        let padded = x[2 + i].checked_add(pads[i]).and_then(|v| v.checked_add(pads[sp + i]));
-        let too_long = padded.is_none_or(|p| u64::try_from(p).is_ok_and(|p| p > limit));
-        too_long.then(|| {
-            format!(
-                "on spatial axis {i} the input ({}) padded by {} and {} spans more than the {} elements a tensor may hold",
-                x[2 + i],
-                pads[i],
-                pads[sp + i],
-                limit
-            )
-        })
+    let mut padded: Vec<u64> = x.iter().map(|&d| d as u64).collect();
+    for i in 0..sp {
+        let p = x[2 + i].checked_add(pads[i]).and_then(|v| v.checked_add(pads[sp + i]));
+        padded[2 + i] = p.and_then(|p| u64::try_from(p).ok()).unwrap_or(u64::MAX);
+    }
+    let elem = t.dtype.and_then(|d| d.size()).unwrap_or(4) as u64;
+    let bytes = padded.iter().fold(elem, |acc, &d| acc.saturating_mul(d.max(1)));
+    (bytes > limit).then(|| {
+        format!(
+            "its input \"{}\" padded would be {padded:?} ({}), above the {} one tensor may take; the model's \
+             sizes are wrong, or raise the bound with {}=MiB",
+            g.value_name(x_v),
+            qforge_runtime::human_bytes(bytes),
+            qforge_runtime::human_bytes(limit),
+            qforge_runtime::MAX_TENSOR_ENV
+        )
     })
 }
 
