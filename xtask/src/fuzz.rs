@@ -64,17 +64,41 @@ const FIXED: &[(&str, &str, &str)] = &[
         "the oracle accepts invalid → valid when every violation was such a declaration (a repair by design); test \
      `an_output_declared_without_element_type_is_completed_by_export`.",
     ),
+    (
+        "fold",
+        "memory grew over a long run until the OOM kill (24 GB within a minute at worst): a case that hangs keeps \
+     running on its thread, which cannot be stopped, and two hanging cases kept allocating. Case 16312: a nearest \
+     Resize scaling a 1-pixel axis by 1e9 next to an axis resized to 0 (an empty output, under every bound, while \
+     tract walked the 1e9-long axis). Case 58763: a Conv padded by 2^40 made an axis past what shape rules track, so \
+     the size check saw nothing after it, and tract aborted on a 4 TB allocation planning the Resize after it.",
+        "a hang now ends the target's run (its input saved); the size bound counts empty axes as 1 and refuses a \
+     window op whose padded input exceeds it; tests `a_resize_to_1e9_pixels_next_to_an_empty_axis_is_refused_before_tract`, \
+     `a_conv_padded_beyond_the_tensor_bound_is_refused_before_tract`, `a_hang_ends_the_run_by_default`.",
+    ),
+    (
+        "fold",
+        "`fold-batchnorm` folded a BatchNormalization with a negative variance (case 13354): NaN on one channel \
+     became NaN over the whole layer.",
+        "a BN whose scale or shift is not finite is left alone; snapshot case `tests/passes/fold-batchnorm/negative_variance.ir`.",
+    ),
 ];
 
 /// Findings still open: `(target, what)`. Listed so a run that leaves a
 /// target out says why.
-const OPEN: &[(&str, &str)] = &[(
-    "fold",
-    "memory grows over a long run: 2 threads were OOM-killed at 24 GB after about 52 000 cases, and no single case \
-     near the end uses more than 50 MB, so something is kept per case (an engine session's pool, a cache) rather than \
-     one input blowing up. Not found yet; keep `fold` runs to a few minutes. `QFORGE_FUZZ_TRACE=1` prints each case \
-     as it starts.",
-)];
+const OPEN: &[(&str, &str)] = &[
+    (
+        "fold",
+        "tract's own `fuse` pass fails on some models `resize-to-conv-transpose` wrote (\"Trying to substitute\"), \
+     models it ran before the rewrite; not yet reduced to a tract issue or a qforge fix.",
+    ),
+    (
+        "fold",
+        "a Slice with step -1 and end = INT64_MAX (case 46515): the ONNX clamping rule, `onnx.shape_inference` \
+     (strict) and `onnx.reference` give an empty axis, and `fold-constants` folds the Shape after it so; tract \
+     and ONNX Runtime return the whole axis, so tract then fails to analyse the Reshape that reads the folded \
+     shape. qforge follows the spec; the engines disagree with it.",
+    ),
+];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args)]
