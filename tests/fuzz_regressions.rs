@@ -89,6 +89,16 @@ fn replay_file(target: &str, file: &str) -> Outcome {
     qforge_fuzz::execute(t.as_ref(), &input).unwrap_or_else(|(kind, msg)| panic!("{file}: {kind}: {msg}"))
 }
 
+/// [`replay_file`] on a thread: an input that hangs again fails the test
+/// after a minute instead of blocking the suite.
+fn replay_file_within_a_minute(target: &'static str, file: &'static str) -> Outcome {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(replay_file(target, file));
+    });
+    rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("the {target} target hangs on {file} again"))
+}
+
 #[test]
 fn tensor_dims_whose_product_overflows_are_refused() {
     // Found by `import` (seed 20261130, case 232377) and `parser` (case
@@ -119,11 +129,7 @@ fn a_resize_on_a_2_to_the_40_pixel_axis_is_not_checked_pixel_by_pixel() {
     // mapping at every output position (a hang). Axes above 65536 pixels
     // are now left alone with a reason. Replayed on a thread: a regression
     // fails after a minute instead of hanging the suite.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(replay_file("fold", "fold-resize-huge-dims.ir"));
-    });
-    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("the fold target hangs on this input again");
+    let outcome = replay_file_within_a_minute("fold", "fold-resize-huge-dims.ir");
     assert_ne!(outcome, Outcome::Accepted, "an invalid model got through");
 }
 
@@ -170,12 +176,7 @@ fn a_resize_to_1e9_pixels_next_to_an_empty_axis_is_refused_before_tract() {
     // case hung and grew without end, and the fuzz run was OOM-killed at
     // 24 GB. The size check now counts an empty axis as 1 when it bounds
     // the others. Replayed on a thread: a regression fails after a minute.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(replay_file("fold", "fold-resize-1e9-next-to-an-empty-axis.ir"));
-    });
-    let outcome = rx.recv_timeout(Duration::from_secs(60)).expect("the fold target hangs on this input again");
-    assert_eq!(outcome, Outcome::Rejected);
+    assert_eq!(replay_file_within_a_minute("fold", "fold-resize-1e9-next-to-an-empty-axis.ir"), Outcome::Rejected);
     let text =
         std::fs::read_to_string(common::root().join("tests/fixtures/fuzz/fold-resize-1e9-next-to-an-empty-axis.ir"))
             .unwrap();

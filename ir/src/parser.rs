@@ -690,12 +690,10 @@ fn parse_f32(t: &str) -> Option<f32> {
 }
 
 fn make_tensor(dt: DataType, dims: &[i64], v: &[f64]) -> Option<Tensor> {
-    use half::{bf16, f16};
+    if dt.is_float() {
+        return Tensor::from_f64(dt, dims, v);
+    }
     Some(match dt {
-        DataType::F32 => Tensor::new(dims, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
-        DataType::F64 => Tensor::new(dims, v),
-        DataType::F16 => Tensor::new(dims, &v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>()),
-        DataType::BF16 => Tensor::new(dims, &v.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<_>>()),
         DataType::I64 => Tensor::new(dims, &v.iter().map(|&x| x as i64).collect::<Vec<_>>()),
         DataType::I32 => Tensor::new(dims, &v.iter().map(|&x| x as i32).collect::<Vec<_>>()),
         DataType::I16 => Tensor::new(dims, &v.iter().map(|&x| x as i16).collect::<Vec<_>>()),

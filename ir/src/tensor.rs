@@ -92,6 +92,19 @@ impl Tensor {
         Tensor::from_raw(T::DTYPE, dims, raw)
     }
 
+    /// A float tensor of `dtype` (f32, f64, f16 or bf16) from f64 values,
+    /// each rounded once; `None` for other types. Passes that compute in
+    /// f64 (folds) write their result back in the weights' own type with it.
+    pub fn from_f64(dtype: DataType, dims: &[i64], v: &[f64]) -> Option<Tensor> {
+        Some(match dtype {
+            DataType::F32 => Tensor::new(dims, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+            DataType::F64 => Tensor::new(dims, v),
+            DataType::F16 => Tensor::new(dims, &v.iter().map(|&x| f16::from_f64(x)).collect::<Vec<_>>()),
+            DataType::BF16 => Tensor::new(dims, &v.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<_>>()),
+            _ => return None,
+        })
+    }
+
     /// A rank-0 tensor.
     pub fn scalar<T: Element>(x: T) -> Tensor {
         Tensor::new(&[], &[x])

@@ -109,15 +109,6 @@ fn store(g: &mut Graph, v: Option<ValueId>, owner: NodeId, hint: &str, t: Tensor
     Ok(g.add_initializer(hint, t))
 }
 
-fn to_tensor(dt: DataType, dims: &[i64], v: &[f64]) -> Option<Tensor> {
-    Some(match dt {
-        DataType::F32 => Tensor::new(dims, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
-        DataType::F16 => Tensor::new(dims, &v.iter().map(|&x| half::f16::from_f64(x)).collect::<Vec<_>>()),
-        DataType::F64 => Tensor::new(dims, v),
-        _ => return None,
-    })
-}
-
 impl FoldBatchNorm {
     fn try_fold(&self, g: &mut Graph, bn: NodeId) -> Result<bool, PassError> {
         let Some(x) = g.node(bn).input(0) else { return Ok(false) };
@@ -212,11 +203,11 @@ impl FoldBatchNorm {
             let wd: Vec<f32> = w.to_f32_vec().map_err(|e| PassError::msg(format!("{}: {e}", describe(g, p))))?;
             let new_w: Vec<f64> =
                 wd.iter().enumerate().map(|(i, &x)| f64::from(x) * aff.scale[channel_of(i)]).collect();
-            let Some(t) = to_tensor(dt, &dims, &new_w) else { return Ok(false) };
+            let Some(t) = Tensor::from_f64(dt, &dims, &new_w) else { return Ok(false) };
             t
         };
         let new_b: Vec<f64> = (0..c).map(|i| old_bias[i] * aff.scale[i] + aff.shift[i]).collect();
-        let Some(b_t) = to_tensor(dt, &[c as i64], &new_b) else { return Ok(false) };
+        let Some(b_t) = Tensor::from_f64(dt, &[c as i64], &new_b) else { return Ok(false) };
 
         let bn_inputs: Vec<ValueId> = g.node(bn).inputs().iter().flatten().copied().collect();
         let extra_outputs: Vec<ValueId> = g.node(bn).outputs().iter().skip(1).flatten().copied().collect();

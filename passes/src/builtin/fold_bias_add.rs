@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use qforge_ir::{DataType, Graph, NodeId, Tensor, ValueId};
+use qforge_ir::{Graph, NodeId, Tensor, ValueId};
 
 use crate::util::{describe, remove_if_unused, sole_user};
 use crate::{Pass, PassContext, PassError, PassOptions, PassReport, register_pass};
@@ -94,16 +94,6 @@ fn per_channel(t: &Tensor, c: usize, rank: usize) -> Option<Vec<f64>> {
     }
 }
 
-fn to_tensor(dt: DataType, v: &[f64]) -> Option<Tensor> {
-    let dims = [v.len() as i64];
-    Some(match dt {
-        DataType::F32 => Tensor::new(&dims, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
-        DataType::F16 => Tensor::new(&dims, &v.iter().map(|&x| half::f16::from_f64(x)).collect::<Vec<_>>()),
-        DataType::F64 => Tensor::new(&dims, v),
-        _ => return None,
-    })
-}
-
 fn try_fold(g: &mut Graph, add: NodeId) -> Result<bool, PassError> {
     let Some((p, layer_out, c_v)) = operands(g, add) else { return Ok(false) };
     let Some(y) = g.node(add).output(0) else { return Ok(false) };
@@ -128,7 +118,7 @@ fn try_fold(g: &mut Graph, add: NodeId) -> Result<bool, PassError> {
         }
     };
     let sum: Vec<f64> = old_bias.iter().zip(&add_c).map(|(a, b)| a + b).collect();
-    let Some(bias) = to_tensor(dt, &sum) else { return Ok(false) };
+    let Some(bias) = Tensor::from_f64(dt, &[sum.len() as i64], &sum) else { return Ok(false) };
     let what = describe(g, add);
     let hint = match b_v {
         Some(bv) => format!("{}_biasadd", g.value_name(bv)),
