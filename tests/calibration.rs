@@ -161,6 +161,35 @@ fn table_and_trt_cache_are_written_and_load_back() {
     }
 }
 
+/// Samples run on several threads but are folded in in sample order (the
+/// first sample fixes each histogram's bins): one thread and three give the
+/// same table, byte for byte, on every engine.
+#[test]
+fn calibration_does_not_depend_on_the_number_of_threads() {
+    let Some(model) = common::model("yolov5n-untrained-unfused-bn.onnx") else { return };
+    let Some(photos) = common::photos() else { return };
+    for engine in engines() {
+        let tables: Vec<Vec<u8>> = ["1", "3"]
+            .iter()
+            .map(|threads| {
+                let dir = common::tempdir();
+                let out = dir.path().join("y.onnx");
+                let o = common::qforge()
+                    .env("RAYON_NUM_THREADS", threads)
+                    .args(["run", "pipelines/calibrate.yaml", "-i", model.to_str().unwrap(), "-o"])
+                    .arg(&out)
+                    .args(["--calib", photos.to_str().unwrap(), "--engine", engine])
+                    .args(["--set", "calibrate.data.limit=5", "--set", "calibrate.data.views=true"])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{engine}, {threads} thread(s): {}", String::from_utf8_lossy(&o.stderr));
+                std::fs::read(dir.path().join("calibration.json")).unwrap()
+            })
+            .collect();
+        assert!(tables[0] == tables[1], "{engine}: the table changed with the number of threads");
+    }
+}
+
 fn calib_error(model: &Path, data: &Path, extra: &[&str], needle: &str) {
     let dir = common::tempdir();
     let out = dir.path().join("o.onnx");

@@ -17,6 +17,22 @@ pub enum Data {
     Bool(Vec<bool>),
 }
 
+impl Data {
+    /// Element type.
+    pub fn dtype(&self) -> DataType {
+        match self {
+            Data::F32(_) => DataType::F32,
+            Data::F16(_) => DataType::F16,
+            Data::F64(_) => DataType::F64,
+            Data::I64(_) => DataType::I64,
+            Data::I32(_) => DataType::I32,
+            Data::I8(_) => DataType::I8,
+            Data::U8(_) => DataType::U8,
+            Data::Bool(_) => DataType::Bool,
+        }
+    }
+}
+
 /// A dense tensor in host memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -43,16 +59,7 @@ impl HostTensor {
 
     /// Element type.
     pub fn dtype(&self) -> DataType {
-        match &self.data {
-            Data::F32(_) => DataType::F32,
-            Data::F16(_) => DataType::F16,
-            Data::F64(_) => DataType::F64,
-            Data::I64(_) => DataType::I64,
-            Data::I32(_) => DataType::I32,
-            Data::I8(_) => DataType::I8,
-            Data::U8(_) => DataType::U8,
-            Data::Bool(_) => DataType::Bool,
-        }
+        self.data.dtype()
     }
 
     /// Number of elements.
@@ -96,6 +103,64 @@ impl HostTensor {
             Data::I8(v) => Tensor::new(&dims, v),
             Data::U8(v) => Tensor::new(&dims, v),
             Data::Bool(v) => Tensor::new(&dims, v),
+        }
+    }
+}
+
+/// A fetched tensor lent by an engine for the length of a
+/// [`crate::Session::run_visit`] call: f32 data (nearly everything a float
+/// model computes) is read where the engine wrote it; anything else comes
+/// as an owned copy.
+#[derive(Debug)]
+pub struct TensorView<'a> {
+    /// Dims.
+    pub shape: Vec<usize>,
+    /// The elements.
+    pub data: ViewData<'a>,
+}
+
+/// Elements of a [`TensorView`].
+#[derive(Debug)]
+pub enum ViewData<'a> {
+    /// f32 elements in the engine's own buffer.
+    F32(&'a [f32]),
+    /// Any other type, copied out.
+    Owned(Data),
+}
+
+impl<'a> TensorView<'a> {
+    /// A view of a host tensor.
+    pub fn of(t: &'a HostTensor) -> TensorView<'a> {
+        let data = match &t.data {
+            Data::F32(v) => ViewData::F32(v),
+            other => ViewData::Owned(other.clone()),
+        };
+        TensorView { shape: t.shape.clone(), data }
+    }
+
+    /// The f32 elements, if the tensor is f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            ViewData::F32(v) => Some(v),
+            ViewData::Owned(_) => None,
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_host(&self) -> HostTensor {
+        let data = match &self.data {
+            ViewData::F32(v) => Data::F32(v.to_vec()),
+            ViewData::Owned(d) => d.clone(),
+        };
+        HostTensor { shape: self.shape.clone(), data }
+    }
+
+    /// Bytes of element data.
+    pub fn byte_len(&self) -> usize {
+        let n: usize = self.shape.iter().product();
+        match &self.data {
+            ViewData::F32(_) => n * 4,
+            ViewData::Owned(d) => n * d.dtype().size().unwrap_or(1),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod data;
 mod host;
+mod malloc;
 #[cfg(feature = "ort")]
 mod ort_engine;
 mod random;
@@ -22,7 +23,7 @@ mod tract_fixups;
 use std::collections::BTreeMap;
 
 pub use data::{DataError, Dataset, PadPosition, Preprocess, Source, write_npy};
-pub use host::{Data, HostTensor};
+pub use host::{Data, HostTensor, TensorView, ViewData};
 #[cfg(feature = "ort")]
 pub use ort_engine::{DYLIB_ENV, OrtSession, library_path as ort_library_path};
 pub use random::random_inputs;
@@ -249,10 +250,23 @@ pub trait Session: Send + Sync {
     fn output_names(&self) -> &[String];
     /// Runs once; `inputs` in [`Session::input_names`] order.
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError>;
+
+    /// Runs once and lends the fetched tensors (in [`Session::output_names`]
+    /// order) to `visit`, which must not keep them. An engine that can lend
+    /// its own output buffers saves a copy of every fetched tensor, which is
+    /// most of the memory traffic of calibration (hundreds of MB per sample
+    /// on a 640×640 detector). The default copies, through [`Session::run`].
+    fn run_visit(&self, inputs: &[HostTensor], visit: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), RuntimeError> {
+        let out = self.run(inputs)?;
+        let views: Vec<TensorView<'_>> = out.iter().map(TensorView::of).collect();
+        visit(&views);
+        Ok(())
+    }
 }
 
 /// Opens a session on `opts.engine`.
 pub fn session(model: &Model, opts: &SessionOptions) -> Result<Box<dyn Session>, RuntimeError> {
+    malloc::tune();
     match opts.engine.resolve() {
         Engine::Tract | Engine::Auto => Ok(Box::new(TractSession::new(model, opts)?)),
         #[cfg(feature = "ort")]

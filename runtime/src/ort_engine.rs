@@ -21,7 +21,7 @@ use half::f16;
 use ort::session::Session as OrtInner;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
-use crate::host::{Data, HostTensor};
+use crate::host::{Data, HostTensor, TensorView, ViewData};
 use crate::{RuntimeError, SessionOptions, Signature};
 use qforge_ir::Model;
 use qforge_ir::proto::ValueInfoProto;
@@ -37,7 +37,7 @@ fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
 fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
     static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     let env = ENV.get_or_init(|| {
-        limit_malloc_arenas();
+        crate::malloc::tune();
         let path = library_path()?;
         let builder =
             ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
@@ -54,24 +54,6 @@ fn environment() -> Result<&'static ort::environment::Environment, RuntimeError>
 pub(crate) fn available() -> Result<PathBuf, String> {
     environment().map_err(|e| e.to_string())?;
     library_path()
-}
-
-/// Caps glibc's malloc arenas at one per core before ONNX Runtime starts its
-/// threads. glibc gives each new thread its own arena; with ONNX Runtime's
-/// pool threads next to rayon's, the fragmented arenas made calibration's
-/// peak RSS creep up with the number of samples (+16% at 8× the data on
-/// nudenet; flat with the cap). The same as `MALLOC_ARENA_MAX`, which, when
-/// set, is left to rule.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let arenas = i32::try_from(cores).unwrap_or(i32::MAX);
-        // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX is valid on glibc.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
 }
 
 /// Where `libonnxruntime` is: `$ORT_DYLIB_PATH`, else the `onnxruntime`
@@ -247,6 +229,45 @@ impl crate::Session for OrtSession {
         &self.sig.outputs
     }
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
+        self.with_outputs(inputs, |out| {
+            self.sig
+                .outputs
+                .iter()
+                .map(|n| {
+                    if let Some(i) = self.sig.inputs.iter().position(|x| x == n) {
+                        return Ok(inputs[i].clone());
+                    }
+                    from_ort(n, output(out, n)?)
+                })
+                .collect()
+        })
+    }
+
+    fn run_visit(&self, inputs: &[HostTensor], visit: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), RuntimeError> {
+        self.with_outputs(inputs, |out| {
+            let views = self
+                .sig
+                .outputs
+                .iter()
+                .map(|n| match self.sig.inputs.iter().position(|x| x == n) {
+                    Some(i) => Ok(TensorView::of(&inputs[i])),
+                    None => view(n, output(out, n)?),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            visit(&views);
+            Ok(())
+        })
+    }
+}
+
+impl OrtSession {
+    /// Runs on an idle session (building one if none is) and hands its
+    /// outputs to `f` before the session goes back to the pool.
+    fn with_outputs<R>(
+        &self,
+        inputs: &[HostTensor],
+        f: impl FnOnce(&ort::session::SessionOutputs<'_>) -> Result<R, RuntimeError>,
+    ) -> Result<R, RuntimeError> {
         self.sig.check(inputs)?;
         let feed: Vec<(String, DynValue)> =
             self.sig.inputs.iter().cloned().zip(inputs.iter().map(to_ort).collect::<Result<Vec<_>, _>>()?).collect();
@@ -256,20 +277,25 @@ impl crate::Session for OrtSession {
             Some(s) => s,
             None => build(&self.bytes, self.threads)?,
         };
-        let result = session.run(feed).map_err(engine_err).and_then(|out| {
-            self.sig
-                .outputs
-                .iter()
-                .map(|n| {
-                    if let Some(i) = self.sig.inputs.iter().position(|x| x == n) {
-                        return Ok(inputs[i].clone());
-                    }
-                    let v = out.get(n).ok_or_else(|| engine_err(format!("no output \"{n}\"")))?;
-                    from_ort(n, v)
-                })
-                .collect()
-        });
+        let result = session.run(feed).map_err(engine_err).and_then(|out| f(&out));
         self.idle.lock().map_err(|_| poisoned())?.push(session);
         result
     }
+}
+
+fn output<'s>(out: &'s ort::session::SessionOutputs<'_>, name: &str) -> Result<&'s DynValue, RuntimeError> {
+    out.get(name).ok_or_else(|| engine_err(format!("no output \"{name}\"")))
+}
+
+/// An output as a view: f32 data where ONNX Runtime wrote it, anything else copied.
+fn view<'a>(name: &str, v: &'a DynValue) -> Result<TensorView<'a>, RuntimeError> {
+    if matches!(v.dtype(), ValueType::Tensor { ty: TensorElementType::Float32, .. }) {
+        let (shape, data) = v.try_extract_tensor::<f32>().map_err(engine_err)?;
+        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        // An empty tensor may come with a null data pointer (see `from_ort`).
+        let data = if shape.contains(&0) { &[][..] } else { data };
+        return Ok(TensorView { shape, data: ViewData::F32(data) });
+    }
+    let t = from_ort(name, v)?;
+    Ok(TensorView { shape: t.shape, data: ViewData::Owned(t.data) })
 }

@@ -16,7 +16,7 @@ use prost::Message;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::{InferenceOp, bail};
 
-use crate::host::{Data, HostTensor};
+use crate::host::{Data, HostTensor, TensorView, ViewData};
 use crate::{RuntimeError, SessionOptions, Signature};
 use qforge_ir::{DataType, Model};
 
@@ -200,6 +200,15 @@ fn from_tract(name: &str, t: &Tensor) -> Result<HostTensor, RuntimeError> {
     Ok(HostTensor { shape, data })
 }
 
+impl TractSession {
+    fn outputs(&self, inputs: &[HostTensor]) -> Result<TVec<TValue>, RuntimeError> {
+        self.sig.check(inputs)?;
+        let feed: TVec<TValue> =
+            inputs.iter().map(|t| to_tract(t).map(Tensor::into_tvalue)).collect::<Result<_, _>>()?;
+        contained("running the model", || self.plan.run(feed).map_err(engine_err))
+    }
+}
+
 impl crate::Session for TractSession {
     fn input_names(&self) -> &[String] {
         &self.sig.inputs
@@ -211,10 +220,25 @@ impl crate::Session for TractSession {
         &self.sig.outputs
     }
     fn run(&self, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, RuntimeError> {
-        self.sig.check(inputs)?;
-        let feed: TVec<TValue> =
-            inputs.iter().map(|t| to_tract(t).map(Tensor::into_tvalue)).collect::<Result<_, _>>()?;
-        let out = contained("running the model", || self.plan.run(feed).map_err(engine_err))?;
+        let out = self.outputs(inputs)?;
         out.iter().zip(&self.sig.outputs).map(|(t, n)| from_tract(n, t)).collect()
+    }
+
+    fn run_visit(&self, inputs: &[HostTensor], visit: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), RuntimeError> {
+        let out = self.outputs(inputs)?;
+        let views = out
+            .iter()
+            .zip(&self.sig.outputs)
+            .map(|(t, n)| {
+                if t.datum_type() == f32::datum_type() {
+                    let data = t.try_as_plain_ram().map_err(engine_err)?.as_slice::<f32>().map_err(engine_err)?;
+                    return Ok(TensorView { shape: t.shape().to_vec(), data: ViewData::F32(data) });
+                }
+                let h = from_tract(n, t)?;
+                Ok(TensorView { shape: h.shape, data: ViewData::Owned(h.data) })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        visit(&views);
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 """ONNX Runtime's `quantize_static` on photos, for `cargo xtask bench` (calib and int8 sections).
 
 Usage: ort_quant.py MODEL.onnx PHOTOS OUT.onnx [--method minmax|entropy|percentile]
-                    [--exclude-file NAMES.txt] [--repeat N] [--size N]
+                    [--exclude-file NAMES.txt] [--repeat N] [--size N] [--floor]
 
 Quantizes to TensorRT's form: QDQ, per-channel int8 weights, symmetric int8 activations and
 weights. Calibration data is what qforge's `calibrate: {data: {views: true}}` feeds: every photo
@@ -12,6 +12,11 @@ produced lazily, one at a time, so the script itself holds one sample: the memor
 ONNX Runtime's. A dynamic model input is first fixed to 1x3xSIZExSIZE with the onnx package
 (ORT's symbolic shape inference fails on such models), then `quant_pre_process` runs with
 `skip_symbolic_shape=True`. Calibrator settings are ONNX Runtime's defaults.
+
+`--floor` quantizes nothing: it prepares every sample first, then times only ONNX Runtime
+running the (static-shape) float model on them, one after the other in one session with its
+default threads (one per core): the least time any calibration on these samples can take with
+this runtime. OUT is not written; the JSON gets `floor_seconds` and `floor_session_seconds`.
 
 Prints one JSON line: seconds (from the start of the script), peak_rss_mb
 (getrusage(RUSAGE_SELF).ru_maxrss / 1024), samples, excluded node counts and versions.
@@ -126,6 +131,31 @@ def input_size(model_path):
     return side or 640
 
 
+def floor(model, files, size, repeat):
+    """Prints the time ONNX Runtime takes to run the float model on every sample (see `--floor`)."""
+    with tempfile.TemporaryDirectory(prefix="ort_floor_") as tmp:
+        src, name = static_copy(model, size, os.path.join(tmp, "static.onnx"))
+        reader = Reader(name, files, size, repeat)
+        samples = list(iter(reader.get_next, None))
+        t = time.time()
+        session = onnxruntime.InferenceSession(src, providers=["CPUExecutionProvider"])
+        t_session = time.time() - t
+    t = time.time()
+    for feed in samples:
+        session.run(None, feed)
+    seconds = time.time() - t
+    print(
+        json.dumps(
+            {
+                "samples": len(samples),
+                "floor_seconds": seconds,
+                "floor_session_seconds": t_session,
+                "onnxruntime_version": onnxruntime.__version__,
+            }
+        )
+    )
+
+
 def main():
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("model")
@@ -135,6 +165,7 @@ def main():
     a.add_argument("--exclude-file", help="node names to keep float, one per line")
     a.add_argument("--repeat", type=int, default=1)
     a.add_argument("--size", type=int, default=0, help="input side (default: the model's, or 640)")
+    a.add_argument("--floor", action="store_true", help="time only running the float model on the samples")
     a = a.parse_args()
 
     size = a.size or input_size(a.model)
@@ -146,6 +177,9 @@ def main():
         with open(a.exclude_file) as f:
             requested = [line.strip() for line in f if line.strip()]
 
+    if a.floor:
+        floor(a.model, files, size, a.repeat)
+        return
     with tempfile.TemporaryDirectory(prefix="ort_quant_") as tmp:
         src, name = static_copy(a.model, size, os.path.join(tmp, "static.onnx"))
         pre = os.path.join(tmp, "pre.onnx")
