@@ -1,5 +1,8 @@
 //! Section `calib`: calibration throughput and memory, qforge vs ONNX Runtime's
-//! `quantize_static`, on nudenet-320n with 4 views of every photo, and with the data repeated.
+//! `quantize_static`, on nudenet-320n with 4 views of every photo, and with the data repeated;
+//! then, on nudenet and on the 640×640 YOLOv8s export, the `calibrate` pass against the floor
+//! (ONNX Runtime only running the model on the same samples) and `pipelines/calibrate.yaml`
+//! against ONNX Runtime's fastest quantizer (MinMax), whole process ([`against_floor`]).
 
 use std::fmt::Write as _;
 
@@ -119,7 +122,144 @@ pub fn calib(ctx: &mut Ctx) -> Result<SectionResult> {
     if let Some(v) = ort_version {
         ctx.tools.push(format!("onnxruntime {v} (quantize_static, xtask/scripts/ort_quant.py)"));
     }
-    Ok(table(&runs, repeat, notes))
+    let mut result = table(&runs, repeat, notes);
+    let methods: &[&str] = if quick { &["entropy"] } else { &["max", "percentile", "entropy"] };
+    let (md, failed) = against_floor(ctx, methods)?;
+    result.markdown.push_str(&md);
+    result.failed |= failed;
+    Ok(result)
+}
+
+/// Models of the floor comparison: (file, `--input-shape` or "", input side).
+const FLOOR_MODELS: [(&str, &str, usize); 2] =
+    [(MODEL, INPUT_SHAPE, SIZE), ("yolov8s-torch-export-random.onnx", "", 640)];
+/// Target: the calibrate pass within this factor of the floor.
+const MAX_FLOOR_RATIO: f64 = 1.5;
+
+/// One row of the floor table.
+struct FloorRow {
+    label: String,
+    result: Result<(Measured, Option<f64>)>,
+}
+
+/// The `calibrate` pass (default build and engine) against ONNX Runtime just running the model
+/// on the same 40 samples, and `pipelines/calibrate.yaml` against ORT's MinMax `quantize_static`,
+/// whole process, on each of [`FLOOR_MODELS`]. Returns the markdown and whether a run failed.
+fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
+    let mut md = String::from(
+        "\n### The calibrate pass against the floor, and `pipelines/calibrate.yaml` against ONNX Runtime MinMax\n\n",
+    );
+    let mut failed = false;
+    let mut targets = Vec::new();
+    let mut rows_md = Vec::new();
+    for (file, shape, size) in FLOOR_MODELS {
+        let model = measure::model(ctx, file)?;
+        let short = file.trim_end_matches(".onnx");
+        let floor = measure::ort_floor(ctx, &model, size, 1);
+        let floor_s = floor.as_ref().ok().and_then(|j| j["floor_seconds"].as_f64());
+        let shape_args: Vec<&str> = if shape.is_empty() { vec![] } else { vec!["--input-shape", shape] };
+        let mut rows: Vec<FloorRow> = Vec::new();
+        let run = |ctx: &Ctx, name: &str, pipe: Result<std::path::PathBuf>| {
+            pipe.and_then(|pipe| {
+                let out = ctx.scratch.join(format!("{name}.onnx"));
+                let (m, report) = measure::qforge_run(ctx, &pipe, &model, &out, &shape_args)?;
+                Ok((m, measure::report_seconds(&report, "calibrate")))
+            })
+        };
+        for &method in methods {
+            let name = format!("floor-{short}-{method}");
+            let yaml = format!("name: {name}\npasses:\n  - calibrate: {{method: {method}, data: {{views: true}}}}\n");
+            let pipe = measure::pipeline(ctx, &name, &yaml);
+            rows.push(FloorRow { label: format!("qforge calibrate {method}"), result: run(ctx, &name, pipe) });
+        }
+        let pipe = Ok(ctx.root.join("pipelines/calibrate.yaml"));
+        let mut cal_args = shape_args.clone();
+        cal_args.extend(["--set", "calibrate.data.views=true"]);
+        let e2e = pipe.and_then(|pipe| {
+            let out = ctx.scratch.join(format!("e2e-{short}.onnx"));
+            let (m, report) = measure::qforge_run(ctx, &pipe, &model, &out, &cal_args)?;
+            Ok((m, measure::report_seconds(&report, "calibrate")))
+        });
+        let ort_out = ctx.scratch.join(format!("ort-minmax-{short}.onnx"));
+        let o = OrtQuant { method: "minmax", exclude_file: None, repeat: 1, size };
+        let ort = measure::ort_quant(ctx, &model, &ort_out, &o).map(|(m, _)| (m, None));
+
+        for r in rows.iter().filter(|r| r.label.starts_with("qforge calibrate ")) {
+            let ratio = r.result.as_ref().ok().and_then(|(_, p)| p.zip(floor_s).map(|(p, f)| p / f));
+            targets.push(format!(
+                "- {short}: {} pass {} the floor: {}",
+                r.label.trim_start_matches("qforge "),
+                ratio.map_or_else(|| "?".into(), |x| format!("{x:.2}×")),
+                verdict(&format!("≤ {MAX_FLOOR_RATIO}×"), ratio.map(|x| x <= MAX_FLOOR_RATIO))
+            ));
+        }
+        let secs = |r: &Result<(Measured, Option<f64>)>| r.as_ref().ok().map(|(m, _)| m.seconds);
+        let peak = |r: &Result<(Measured, Option<f64>)>| r.as_ref().ok().map(|(m, _)| m.peak_mb);
+        let (qs, os) = (secs(&e2e), secs(&ort));
+        targets.push(format!(
+            "- {short}: `pipelines/calibrate.yaml` {} s vs ONNX Runtime MinMax {} s, whole process ({}): {}",
+            num(qs, 2),
+            num(os, 2),
+            qs.zip(os).map_or_else(|| "?".into(), |(q, o)| format!("{:.2}× faster", o / q)),
+            verdict("faster", qs.zip(os).map(|(q, o)| q < o))
+        ));
+        let (qp, op) = (peak(&e2e), peak(&ort));
+        targets.push(format!(
+            "- {short}: peak RSS {} MB vs {} MB: {}",
+            num(qp, 0),
+            num(op, 0),
+            verdict("below ONNX Runtime's", qp.zip(op).map(|(q, o)| q < o))
+        ));
+        rows.push(FloorRow { label: "qforge `pipelines/calibrate.yaml` (fold + entropy)".into(), result: e2e });
+        rows.push(FloorRow { label: "ONNX Runtime `quantize_static` MinMax".into(), result: ort });
+
+        rows_md.push(vec![
+            short.to_string(),
+            "floor: ONNX Runtime running the float model".into(),
+            "—".into(),
+            match &floor {
+                Ok(_) => num(floor_s, 2),
+                Err(e) => {
+                    failed = true;
+                    format!("FAILED: {e}")
+                }
+            },
+            "1.00×".into(),
+            "—".into(),
+        ]);
+        for r in rows {
+            rows_md.push(match &r.result {
+                Ok((m, pass)) => vec![
+                    short.to_string(),
+                    r.label,
+                    format!("{:.2}", m.seconds),
+                    num(*pass, 2),
+                    pass.zip(floor_s).map_or_else(|| "—".into(), |(p, f)| format!("{:.2}×", p / f)),
+                    format!("{:.0}", m.peak_mb),
+                ],
+                Err(e) => {
+                    failed = true;
+                    vec![short.to_string(), r.label, format!("FAILED: {e}"), "—".into(), "—".into(), "—".into()]
+                }
+            });
+        }
+    }
+    let header = ["model", "run", "whole process s", "calibrate pass s (floor: runs only)", "× floor", "peak RSS MB"];
+    md.push_str(&util::markdown_table(&header, &rows_md));
+    let _ = writeln!(md, "\nTargets:\n");
+    for t in targets {
+        let _ = writeln!(md, "{t}");
+    }
+    let _ = writeln!(
+        md,
+        "\n- 40 samples: every photo of assets/photos in 4 views, the same letterbox for all tools. The floor \
+         (`ort_quant.py --floor`) prepares every sample first, then times only ONNX Runtime's runs of the float \
+         model, one session with its default threads; the calibrate pass's time (from the run report) includes \
+         everything it does: opening the model in the engine, decoding the photos, the runs, the histograms and the \
+         ranges. qforge rows: the release binary with its default engine (auto: ONNX Runtime when its library is \
+         found). ONNX Runtime MinMax: as in the table above (`ort_quant.py --method minmax`)."
+    );
+    Ok((md, failed))
 }
 
 /// The markdown: table, targets, notes.

@@ -137,6 +137,17 @@ pub fn ort_quant(ctx: &Ctx, model: &Path, out: &Path, o: &OrtQuant) -> Result<(M
     Ok((m, json))
 }
 
+/// `ort_quant.py --floor`: ONNX Runtime alone running the float model on the photos in 4 views,
+/// ×`repeat`; returns the script's JSON (`floor_seconds`: the runs only, `samples`).
+pub fn ort_floor(ctx: &Ctx, model: &Path, size: usize, repeat: usize) -> Result<Value> {
+    let script = ctx.root.join("xtask/scripts/ort_quant.py");
+    let unused = ctx.scratch.join("floor-unused.onnx");
+    let mut cmd = ctx.python.cmd([script.as_os_str(), model.as_os_str(), photos(ctx).as_os_str(), unused.as_os_str()]);
+    cmd.args(["--floor", "--repeat", &repeat.to_string(), "--size", &size.to_string()]);
+    let m = timed(ctx, &cmd)?;
+    last_json(&m.stdout, "ort_quant.py --floor")
+}
+
 /// `qforge agree FP32 CAND --images PHOTOS --size SIZE --engine ENGINE --json`.
 pub fn agree(ctx: &Ctx, fp32: &Path, cand: &Path, size: usize, engine: &str) -> Result<Value> {
     let mut cmd = Command::new(&ctx.qforge);
