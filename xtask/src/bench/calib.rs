@@ -256,7 +256,8 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
          (`ort_quant.py --floor`) prepares every sample first, then times only ONNX Runtime's runs of the float \
          model, one session with its default threads; the calibrate pass's time (from the run report) includes \
          everything it does: opening the model in the engine, decoding the photos, the runs, the histograms and the \
-         ranges. qforge rows: the release binary with its default engine (auto: ONNX Runtime when its library is \
+         ranges, and, since the bench asks for a run report (`--report`) to read it, every method's threshold for \
+         every tensor, which the report shows. qforge rows: the release binary with its default engine (auto: ONNX Runtime when its library is \
          found). ONNX Runtime MinMax: as in the table above (`ort_quant.py --method minmax`)."
     );
     Ok((md, failed))
