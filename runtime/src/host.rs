@@ -154,13 +154,4 @@ impl<'a> TensorView<'a> {
         };
         HostTensor { shape: self.shape.clone(), data }
     }
-
-    /// Bytes of element data.
-    pub fn byte_len(&self) -> usize {
-        let n: usize = self.shape.iter().product();
-        match &self.data {
-            ViewData::F32(_) => n * 4,
-            ViewData::Owned(d) => n * d.dtype().size().unwrap_or(1),
-        }
-    }
 }

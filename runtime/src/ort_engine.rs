@@ -149,7 +149,7 @@ fn build(bytes: &[u8], threads: usize) -> Result<OrtInner, RuntimeError> {
     let mut builder = OrtInner::builder(environment()?).map_err(engine_err)?;
     // No CPU memory arena: its blocks are kept at their high-water mark and
     // extended as they fragment, so peak RSS crept up with the number of
-    // runs; plain malloc (arenas capped above) stays flat.
+    // runs; plain malloc (tuned in `malloc`) stays flat.
     // SAFETY: the pointer is the builder's live OrtSessionOptions; the API
     // table is the loaded library's; a returned status is released once.
     unsafe {

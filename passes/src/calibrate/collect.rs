@@ -140,7 +140,7 @@ pub fn collect(
             if i >= data.len() {
                 break;
             }
-            let mut turn = Turn { index: i, folded: &folded, turns: &turns, taken: false };
+            let turn = Turn { index: i, folded: &folded, turns: &turns };
             if let Err(e) = crate::interrupt::check() {
                 stop.store(true, Ordering::SeqCst);
                 turn.take().error.get_or_insert(e);
@@ -259,27 +259,21 @@ struct Turn<'a> {
     index: usize,
     folded: &'a Mutex<Folded>,
     turns: &'a Condvar,
-    taken: bool,
 }
 
 impl<'a> Turn<'a> {
-    fn take(&mut self) -> MutexGuard<'a, Folded> {
+    fn take(&self) -> MutexGuard<'a, Folded> {
         let mut f = self.folded.lock().unwrap_or_else(PoisonError::into_inner);
         while f.next < self.index {
             f = self.turns.wait(f).unwrap_or_else(PoisonError::into_inner);
         }
-        self.taken = true;
         f
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut f = self.folded.lock().unwrap_or_else(PoisonError::into_inner);
-        while f.next < self.index {
-            f = self.turns.wait(f).unwrap_or_else(PoisonError::into_inner);
-        }
-        f.next = self.index + 1;
+        self.take().next = self.index + 1;
         self.turns.notify_all();
     }
 }

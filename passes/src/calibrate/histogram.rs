@@ -114,8 +114,10 @@ impl Histogram {
         }
     }
 
-    /// Folds a batch in: one pass for the max and non-finite check, one pass
-    /// to bin (a third one only counts NaN/Inf apart when there are some).
+    /// Folds a batch in. A batch inside the known range with only finite
+    /// values takes one pass; the first batch, a batch that grows the range
+    /// and one with NaN/Inf take more (a scan for the max and the non-finite
+    /// values, then the binning).
     pub fn add(&mut self, xs: &[f32]) {
         // Once the range is known, a batch usually fits in it and has no
         // NaN/Inf: then one pass does everything (memory traffic, not

@@ -159,10 +159,11 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
         let floor_s = floor.as_ref().ok().and_then(|j| j["floor_seconds"].as_f64());
         let shape_args: Vec<&str> = if shape.is_empty() { vec![] } else { vec!["--input-shape", shape] };
         let mut rows: Vec<FloorRow> = Vec::new();
-        let run = |ctx: &Ctx, name: &str, pipe: Result<std::path::PathBuf>| {
+        // A qforge run of `pipe` on the model: the whole process and the calibrate pass's seconds.
+        let run = |ctx: &Ctx, name: &str, pipe: Result<std::path::PathBuf>, args: &[&str]| {
             pipe.and_then(|pipe| {
                 let out = ctx.scratch.join(format!("{name}.onnx"));
-                let (m, report) = measure::qforge_run(ctx, &pipe, &model, &out, &shape_args)?;
+                let (m, report) = measure::qforge_run(ctx, &pipe, &model, &out, args)?;
                 Ok((m, measure::report_seconds(&report, "calibrate")))
             })
         };
@@ -170,16 +171,12 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
             let name = format!("floor-{short}-{method}");
             let yaml = format!("name: {name}\npasses:\n  - calibrate: {{method: {method}, data: {{views: true}}}}\n");
             let pipe = measure::pipeline(ctx, &name, &yaml);
-            rows.push(FloorRow { label: format!("qforge calibrate {method}"), result: run(ctx, &name, pipe) });
+            let result = run(ctx, &name, pipe, &shape_args);
+            rows.push(FloorRow { label: format!("qforge calibrate {method}"), result });
         }
-        let pipe = Ok(ctx.root.join("pipelines/calibrate.yaml"));
         let mut cal_args = shape_args.clone();
         cal_args.extend(["--set", "calibrate.data.views=true"]);
-        let e2e = pipe.and_then(|pipe| {
-            let out = ctx.scratch.join(format!("e2e-{short}.onnx"));
-            let (m, report) = measure::qforge_run(ctx, &pipe, &model, &out, &cal_args)?;
-            Ok((m, measure::report_seconds(&report, "calibrate")))
-        });
+        let e2e = run(ctx, &format!("e2e-{short}"), Ok(ctx.root.join("pipelines/calibrate.yaml")), &cal_args);
         let ort_out = ctx.scratch.join(format!("ort-minmax-{short}.onnx"));
         let o = OrtQuant { method: "minmax", exclude_file: None, repeat: 1, size };
         let ort = measure::ort_quant(ctx, &model, &ort_out, &o).map(|(m, _)| (m, None));
