@@ -61,7 +61,9 @@ impl TractSession {
         if fixups {
             let rewrites = crate::tract_fixups::plan(&model.graph);
             let products = crate::tract_fixups::half_products(&model.graph);
+            let weights = crate::tract_fixups::plan_weights(&model.graph);
             let graph = proto.graph.get_or_insert_with(Default::default);
+            crate::tract_fixups::fold_weights(graph, weights);
             crate::tract_fixups::apply(graph, &rewrites)?;
             crate::tract_fixups::widen_half_scales(graph)?;
             crate::tract_fixups::widen_half_products(graph, &products);
@@ -78,10 +80,61 @@ impl TractSession {
             m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
             let typed = m.into_typed().map_err(engine_err)?;
             check_sizes(&typed, opts.max_tensor_bytes)?;
-            typed.into_optimized().map_err(engine_err)?.into_runnable().map_err(engine_err)
+            let mut optimized = typed.into_optimized().map_err(engine_err)?;
+            trailing_softmax(&mut optimized).map_err(engine_err)?;
+            optimized.into_runnable().map_err(engine_err)
         })?;
         Ok(TractSession { plan, sig })
     }
+}
+
+/// Moves the axis of every softmax that is not over the last axis to the
+/// end and back, after tract's optimizer (which would push the moves away
+/// again).
+///
+/// Why: tract 0.23 computes a softmax over the trailing axis with one
+/// vectorised kernel per row, but any other axis lane by lane through
+/// generic strided iteration. YOLOv8's DFL head takes a softmax over axis 1
+/// of `[1, 16, 4, anchors]`: on nudenet (320×320) that one node cost ~17 ms
+/// a run, about a fifth of a Q/DQ trial's time in `skip-sensitive`. Two
+/// copies of the tensor cost a fraction of that, and the numbers do not
+/// change: each lane goes through the same per-row softmax arithmetic.
+fn trailing_softmax(model: &mut TypedModel) -> TractResult<()> {
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    use tract_onnx::tract_core::ops::nn::Softmax;
+    let candidates: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| {
+            let Some(op) = n.op_as::<Softmax>() else { return false };
+            let Ok(fact) = model.outlet_fact(n.inputs[0]) else { return false };
+            let rank = fact.rank();
+            op.axes.len() == 1
+                && op.axes[0] + 1 < rank
+                && op.quant_output_dt.is_none()
+                && matches!(fact.datum_type, DatumType::F32 | DatumType::F16)
+        })
+        .map(|n| n.id)
+        .collect();
+    for id in candidates {
+        let node = model.node(id).clone();
+        let Some(op) = node.op_as::<Softmax>() else { continue };
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        let axis = op.axes[0];
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let moved = patch.wire_node(format!("{}.qforge_to_last", node.name), AxisOp::Move(axis, rank - 1), &[x])?;
+        let last = Softmax { axes: tvec!(rank - 1), ..op.clone() };
+        let y = patch.wire_node(format!("{}.qforge_last", node.name), last, &moved)?;
+        let back = patch.wire_node(format!("{}.qforge_back", node.name), AxisOp::Move(rank - 1, axis), &y)?;
+        patch.shunt_outside(model, OutletId::new(id, 0), back[0])?;
+        patch.obliterate(id)?;
+        patch.apply(model)?;
+    }
+    if model.nodes().iter().any(|n| n.name.ends_with(".qforge_last")) {
+        *model = std::mem::take(model).into_compact()?;
+    }
+    Ok(())
 }
 
 /// Refuses a model whose typed facts (every shape concrete, from the input
@@ -240,5 +293,49 @@ impl crate::Session for TractSession {
             .collect::<Result<Vec<_>, RuntimeError>>()?;
         visit(&views);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Session;
+    use qforge_ir::parse_graph;
+
+    /// Softmax over each lane of `axis` of a row-major `shape`, in f64.
+    fn softmax_ref(x: &[f32], shape: &[usize], axis: usize, log: bool) -> Vec<f64> {
+        let inner: usize = shape[axis + 1..].iter().product();
+        let n = shape[axis];
+        let mut y = vec![0.0f64; x.len()];
+        for start in (0..x.len()).filter(|i| (i / inner) % n == 0) {
+            let lane: Vec<f64> = (0..n).map(|k| x[start + k * inner] as f64).collect();
+            let m = lane.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = lane.iter().map(|v| (v - m).exp()).sum();
+            for k in 0..n {
+                y[start + k * inner] = if log { lane[k] - m - sum.ln() } else { (lane[k] - m).exp() / sum };
+            }
+        }
+        y
+    }
+
+    /// A softmax over a middle axis (YOLOv8's DFL head) runs through the
+    /// moved-to-last form and computes the spec's values.
+    #[test]
+    fn softmax_over_a_middle_axis_is_moved_last_and_exact() {
+        for (op, axis, log) in [("Softmax", 1, false), ("LogSoftmax", 2, true), ("Softmax", 3, false)] {
+            let text = format!(
+                "graph g {{\n  opset ai.onnx 13\n  input %x: f32[1,16,4,7]\n  %y = {op}(%x) {{axis={axis}}}  # sm\n  output %y\n}}\n"
+            );
+            let model = Model::new(parse_graph(&text).unwrap());
+            let x = crate::random_inputs(&[("x".into(), vec![1, 16, 4, 7], DataType::F32)], 11).remove(0);
+            let s = TractSession::new(&model, &SessionOptions::default()).unwrap();
+            let moved = s.plan.model().nodes().iter().any(|n| n.name.ends_with(".qforge_last"));
+            assert_eq!(moved, axis != 3, "{op} axis {axis}: moved to last {moved}");
+            let y = s.run(std::slice::from_ref(&x)).unwrap();
+            let want = softmax_ref(x.as_f32().unwrap(), &[1, 16, 4, 7], axis, log);
+            for (i, (a, b)) in y[0].as_f32().unwrap().iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() <= 1e-6 * b.abs().max(1.0), "{op} axis {axis} #{i}: {a} vs {b}");
+            }
+        }
     }
 }

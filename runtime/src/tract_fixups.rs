@@ -32,6 +32,9 @@
 //! The decision is made on the qforge graph (uses, constants, op types); the
 //! edit on the exported protobuf, so no weight is copied.
 //!
+//! Weight dequantizations are computed before tract sees them
+//! ([`fold_weights`]): the same values, without tract's quadratic folding.
+//!
 //! Two more fixups make float16 graphs (TensorRT 10/11 strongly typed ones,
 //! opset 19) usable in tract: [`widen_half_scales`] gives float16 Q/DQ scales,
 //! which tract 0.23 rejects, f32 copies; [`widen_half_products`] runs float16
@@ -337,7 +340,9 @@ pub(crate) fn apply(graph: &mut GraphProto, rewrites: &[DequantizeRewrite]) -> R
 }
 
 mod half;
+mod weights;
 pub(crate) use half::{half_products, widen_half_products, widen_half_scales};
+pub(crate) use weights::{fold_weights, plan_weights};
 
 #[cfg(test)]
 mod tests;
