@@ -501,7 +501,7 @@ fn skip_sensitive_never_makes_the_model_worse() {
         let report = dir.path().join(format!("ss-{metric}.json"));
         let mut g = parse_graph(SMALL).unwrap();
         let yaml = format!(
-            "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{exclude_tail: false}}\n  - skip-sensitive: {{top_k: 2, metric: {metric}, samples: 4, local_samples: 2, shortlist: 4, report: {:?}}}\n",
+            "passes:\n  - fold-batchnorm\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  - insert-qdq: {{exclude_tail: false}}\n  - skip-sensitive: {{top_k: 2, metric: {metric}, samples: 4, local_samples: 2, screen_samples: 2, shortlist: 4, report: {:?}}}\n",
             report.to_str().unwrap()
         );
         let float = {
@@ -518,6 +518,12 @@ fn skip_sensitive_never_makes_the_model_worse() {
         let steps = doc["steps"].as_array().unwrap();
         assert_eq!(steps.len(), 4, "one entry per shortlisted layer: {doc}");
         assert_eq!(doc["local_ranking"].as_array().unwrap().len(), 5, "5 quantized layers: {doc}");
+        // A step is accepted only once measured on all samples; one turned
+        // down on the screen samples says so.
+        for s in steps.iter().filter(|s| !s["combined"].is_null()) {
+            let n = s["combined_samples"].as_u64().unwrap();
+            assert!(n == 4 || (n == 2 && !s["accepted"].as_bool().unwrap()), "{metric}: {s}");
+        }
         // Accepted steps raise the score; the last accepted one is the final score.
         let mut current = m(base);
         for s in steps.iter().filter(|s| s["accepted"].as_bool().unwrap()) {

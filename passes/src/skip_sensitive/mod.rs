@@ -146,6 +146,9 @@ struct Candidate {
     alone_outputs: Outputs,
     /// The combination measured with this layer added, if it was tried.
     combined: Option<Score>,
+    /// The samples `combined` was measured on (the screen samples when it
+    /// was turned down there).
+    combined_samples: usize,
     accepted: bool,
     why: &'static str,
 }
@@ -260,33 +263,16 @@ impl Pass for SkipSensitive {
                 }
             }
         }
-        // Their size: from the inferred shapes, or (symbolic dims) measured on one sample.
-        let per_sample = match cache_bytes(g, &cached) {
-            Some(b) => b,
-            None if cached.is_empty() => 0,
-            None => judge::run_all(
-                g,
-                &judge.inputs[..1],
-                cached.clone(),
-                engine,
-                &judge.input_shapes,
-                "skip-sensitive: sizing the cache",
-            )?
-            .first()
-            .map_or(0, |ts| ts.iter().map(HostTensor::byte_len).sum()),
-        };
-        let budget = per_sample * judge.inputs.len();
-        if budget > CACHE_BUDGET {
+        let base_run = partial::BaseRun::new(g, &judge, &cached, CACHE_BUDGET)?;
+        if !cached.is_empty() && !base_run.cached() {
             r.note(format!(
                 "trials run the whole model: caching the {} values they read would take {:.0} MB (> {} MB)",
                 cached.len(),
-                budget as f64 / 1e6,
+                base_run.bytes as f64 / 1e6,
                 CACHE_BUDGET / 1_000_000
             ));
-            cached.clear();
         }
-        let base_run = partial::BaseRun::new(g, &judge, &cached)?;
-        let cache = (!cached.is_empty()).then_some(&base_run);
+        let cache = base_run.cached().then_some(&base_run);
         let base_outputs = base_run.graph_outputs();
         clock.lap("all-quantized run");
         // A task metric that cannot judge these samples (e.g. the float model
@@ -369,6 +355,7 @@ impl Pass for SkipSensitive {
                 alone: s,
                 alone_outputs: outs,
                 combined: None,
+                combined_samples: 0,
                 accepted: false,
                 why: "not reached",
             })
@@ -378,7 +365,10 @@ impl Pass for SkipSensitive {
 
         // Greedy forward selection, each step measured.
         let mut current = base;
+        // The outputs of the model as it stands (the base, then each accepted step).
+        let mut current_outputs: Outputs = base_outputs.clone();
         let mut chosen: Vec<NodeId> = Vec::new();
+        let n = judge.inputs.len();
         for c in &mut cands {
             crate::interrupt::check()?;
             if chosen.len() >= self.top_k {
@@ -393,26 +383,50 @@ impl Pass for SkipSensitive {
                 c.why = "no better than all-quantized when alone";
                 continue;
             }
-            let combined = if chosen.is_empty() && screen.is_none() {
-                c.alone
-            } else if chosen.is_empty() {
-                // The layer alone, completed on the samples the screen left out.
-                let mut trial = g.clone();
-                to_float(&mut trial, c.layer, &float, self.float_weights)?;
-                let n = judge.inputs.len();
-                let what = "skip-sensitive: layer alone, all samples";
-                let mut outs = std::mem::take(&mut c.alone_outputs);
-                outs.extend(judge.trial_outputs(&trial, &[c.layer], cache, n_screen..n, what)?);
-                judge.score_model(&trial, &outs)?
+            let mut trial = g.clone();
+            let changed: Vec<NodeId> = chosen.iter().chain([&c.layer]).copied().collect();
+            for &l in &changed {
+                to_float(&mut trial, l, &float, self.float_weights)?;
+            }
+            // The first step starts from the layer alone, already run on the
+            // screen samples; a later one runs there first, and a
+            // combination that is no better there is turned down without
+            // the other samples (turning down keeps the measured model).
+            let mut prepared = None;
+            let mut outs = if chosen.is_empty() {
+                std::mem::take(&mut c.alone_outputs)
             } else {
-                let mut trial = g.clone();
-                let changed: Vec<NodeId> = chosen.iter().chain([&c.layer]).copied().collect();
-                for &l in &changed {
-                    to_float(&mut trial, l, &float, self.float_weights)?;
-                }
-                judge.score_trial(&trial, &changed, cache, "skip-sensitive: combination")?
+                let p = prepared.insert(judge.prepare(&trial, &changed, cache, "skip-sensitive: combination")?);
+                p.outputs(0..n_screen)?
             };
+            if let Some(sj) = screen.as_ref().filter(|_| !chosen.is_empty()) {
+                let here = sj.score_model(&trial, &outs)?;
+                if !sj.better(here, sj.score_model(g, &current_outputs[..n_screen])?) {
+                    c.combined = Some(here);
+                    c.combined_samples = n_screen;
+                    c.why = "the combination is no better on the screen samples";
+                    r.note(format!(
+                        "tried {} float: {name} {:.4}, SQNR {:.2} dB on the {n_screen} screen samples, no better there (alone {:.4}, {:.2} dB; local SQNR {:.1} dB)",
+                        describe(g, c.layer),
+                        here.metric,
+                        here.sqnr,
+                        c.alone.metric,
+                        c.alone.sqnr,
+                        c.local_sqnr
+                    ));
+                    continue;
+                }
+            }
+            if n_screen < n {
+                let p = match prepared {
+                    Some(p) => p,
+                    None => judge.prepare(&trial, &changed, cache, "skip-sensitive: all samples")?,
+                };
+                outs.extend(p.outputs(n_screen..n)?);
+            }
+            let combined = judge.score_model(&trial, &outs)?;
             c.combined = Some(combined);
+            c.combined_samples = n;
             if judge.better(combined, current) {
                 c.accepted = true;
                 c.why = "improves the model";
@@ -423,6 +437,7 @@ impl Pass for SkipSensitive {
                 );
                 FloatReasons::add(cx, &c.name, "skip-sensitive", "sensitivity", why);
                 current = combined;
+                current_outputs = outs;
             } else {
                 c.why = "the combination is no better";
             }
@@ -496,19 +511,6 @@ impl Phases {
 /// Most bytes of base-model values kept for downstream-only trials, over all samples.
 const CACHE_BUDGET: usize = 1_500_000_000;
 
-/// Bytes of one sample's `names` values, when their shapes are known.
-fn cache_bytes(g: &Graph, names: &[String]) -> Option<usize> {
-    names
-        .iter()
-        .map(|n| {
-            let v = g.find_value(n)?;
-            let dims = g.known_dims(v)?;
-            let size = g.dtype(v).and_then(|d| d.size()).unwrap_or(4);
-            Some(dims.iter().map(|&d| d.max(0) as usize).product::<usize>() * size)
-        })
-        .sum()
-}
-
 fn progress(quiet: bool, len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
     bar.set_style(
@@ -549,6 +551,7 @@ fn report_json(
                 "local_sqnr_db": c.local_sqnr,
                 "alone": score(c.alone),
                 "combined": c.combined.map(score),
+                "combined_samples": c.combined_samples,
                 "accepted": c.accepted,
                 "why": c.why,
             })

@@ -17,7 +17,7 @@
 //! union of its members' boundaries. A trial whose boundary is not cached
 //! anyway (or a base run too large to keep) runs the whole model.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use rayon::prelude::*;
 
@@ -91,36 +91,68 @@ pub struct BaseRun {
     pub outputs: Vec<String>,
     /// Per sample: the graph outputs, then the cached values.
     pub values: Vec<Vec<HostTensor>>,
-    /// Cached value name → index into a sample's `values`.
+    /// Cached value name → index into a sample's `values` (empty when the
+    /// cache was over budget).
     pub index: HashMap<String, usize>,
+    /// What the cached values of all samples weigh (or would have weighed).
+    pub bytes: usize,
 }
 
 impl BaseRun {
     /// Runs `g` on the judge's samples, fetching its outputs and `cached`.
-    pub fn new(g: &Graph, judge: &Judge, cached: &[String]) -> Result<BaseRun, PassError> {
+    ///
+    /// The cache is kept only while it fits `budget` bytes over all
+    /// samples: the first sample is run alone and its values weighed
+    /// (shapes may be symbolic until a sample has run), then the others run
+    /// in parallel; over budget, only the graph outputs are kept and
+    /// `cached()` is false, so trials run the whole model.
+    pub fn new(g: &Graph, judge: &Judge, cached: &[String], budget: usize) -> Result<BaseRun, PassError> {
         let outputs: Vec<String> = g.outputs().iter().map(|p| g.value_name(p.value).to_string()).collect();
         let cached: Vec<String> = cached.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let fetch: Vec<String> = outputs.iter().chain(&cached).cloned().collect();
-        let values = super::judge::run_all(
-            g,
-            &judge.inputs,
-            fetch.clone(),
-            judge.engine,
-            &judge.input_shapes,
-            "skip-sensitive: quantized model",
-        )?;
-        let index = fetch.into_iter().enumerate().map(|(i, n)| (n, i)).collect();
-        Ok(BaseRun { outputs, values, index })
+        let what = "skip-sensitive: quantized model";
+        let rt = |source| PassError::Runtime { context: what.to_string(), source };
+        let opts = SessionOptions {
+            outputs: fetch.clone(),
+            input_shapes: judge.input_shapes.clone(),
+            engine: judge.engine,
+            threads: 1,
+            ..Default::default()
+        };
+        let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(rt)?;
+        let n_out = outputs.len();
+        let Some((first, rest)) = judge.inputs.split_first() else {
+            return Ok(BaseRun { outputs, values: Vec::new(), index: HashMap::new(), bytes: 0 });
+        };
+        let mut values = vec![s.run(std::slice::from_ref(first)).map_err(rt)?];
+        let bytes: usize = values[0][n_out..].iter().map(HostTensor::byte_len).sum();
+        let keep = !cached.is_empty() && bytes.saturating_mul(judge.inputs.len()) <= budget;
+        if !keep {
+            values[0].truncate(n_out);
+        }
+        let more: Result<Vec<Vec<HostTensor>>, PassError> = rest
+            .par_iter()
+            .map(|x| {
+                let mut v = s.run(std::slice::from_ref(x)).map_err(rt)?;
+                if !keep {
+                    v.truncate(n_out);
+                }
+                Ok(v)
+            })
+            .collect();
+        values.extend(more?);
+        let index = if keep { fetch.into_iter().enumerate().map(|(i, n)| (n, i)).collect() } else { HashMap::new() };
+        Ok(BaseRun { outputs, values, index, bytes: bytes * judge.inputs.len() })
+    }
+
+    /// Whether the boundary values were kept (trials can run a cut).
+    pub fn cached(&self) -> bool {
+        !self.index.is_empty()
     }
 
     /// The graph outputs alone, per sample.
     pub fn graph_outputs(&self) -> Vec<Vec<HostTensor>> {
         self.values.iter().map(|v| v[..self.outputs.len()].to_vec()).collect()
-    }
-
-    /// Bytes held per sample.
-    pub fn bytes_per_sample(&self) -> usize {
-        self.values.first().map_or(0, |v| v.iter().map(HostTensor::byte_len).sum())
     }
 }
 
@@ -196,33 +228,66 @@ impl Judge {
         range: std::ops::Range<usize>,
         what: &str,
     ) -> Result<Vec<Vec<HostTensor>>, PassError> {
-        let inputs = &self.inputs[range.clone()];
+        self.prepare(trial, changed, base, what)?.outputs(range)
+    }
+
+    /// `trial` prepared once in the engine (cut down when `base` allows),
+    /// to run on any samples.
+    pub fn prepare<'a>(
+        &'a self,
+        trial: &Graph,
+        changed: &[NodeId],
+        base: Option<&'a BaseRun>,
+        what: &str,
+    ) -> Result<Prepared<'a>, PassError> {
         let sample_input = trial.runtime_inputs().first().map(|&v| trial.value_name(v).to_string()).unwrap_or_default();
         let cutted = match base {
             Some(b) => cut(trial, changed, b, &sample_input).map(|c| (b, c)),
             None => None,
         };
-        let Some((base, (c, from_cut))) = cutted else {
-            return super::judge::run_all(trial, inputs, Vec::new(), self.engine, &self.input_shapes, what);
+        let rt = |source| PassError::Runtime { context: what.to_string(), source };
+        let mut opts = SessionOptions {
+            outputs: Vec::new(),
+            input_shapes: self.input_shapes.clone(),
+            engine: self.engine,
+            threads: 1,
+            ..Default::default()
         };
-        let mut shapes: BTreeMap<String, Vec<usize>> = self.input_shapes.clone();
+        let Some((base, (c, from_cut))) = cutted else {
+            let session = qforge_runtime::session(&Model::new(trial.clone()), &opts).map_err(rt)?;
+            return Ok(Prepared { judge: self, session, cut: None, what: what.to_string() });
+        };
         for &v in &c.runtime_inputs() {
             let name = c.value_name(v);
             if let Some(b) = name.strip_suffix(FED)
                 && let Some(&i) = base.index.get(b)
             {
-                shapes.insert(name.to_string(), base.values[0][i].shape.clone());
+                opts.input_shapes.insert(name.to_string(), base.values[0][i].shape.clone());
             }
         }
-        let opts = SessionOptions {
-            outputs: Vec::new(),
-            input_shapes: shapes,
-            engine: self.engine,
-            threads: 1,
-            ..Default::default()
+        let session = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
+        Ok(Prepared { judge: self, session, cut: Some((base, from_cut)), what: what.to_string() })
+    }
+}
+
+/// A trial ready to run: its session, and for a cut, where its inputs and
+/// the outputs it does not compute come from.
+pub struct Prepared<'a> {
+    judge: &'a Judge,
+    session: Box<dyn qforge_runtime::Session>,
+    cut: Option<(&'a BaseRun, Vec<Option<usize>>)>,
+    what: String,
+}
+
+impl Prepared<'_> {
+    /// The trial's graph outputs on the judge's samples in `range`.
+    pub fn outputs(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<HostTensor>>, PassError> {
+        let inputs = &self.judge.inputs[range.clone()];
+        let s = &self.session;
+        let rt = |source| PassError::Runtime { context: self.what.clone(), source };
+        let Some((base, from_cut)) = &self.cut else {
+            return inputs.par_iter().map(|x| s.run(std::slice::from_ref(x)).map_err(rt)).collect();
         };
-        let rt = |source| PassError::Runtime { context: what.to_string(), source };
-        let s = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
         let run = |(k, x): (usize, &HostTensor)| -> Result<Vec<HostTensor>, PassError> {
             let feed: Vec<HostTensor> = s
                 .input_names()
@@ -251,6 +316,7 @@ impl Judge {
 mod tests {
     use super::*;
     use qforge_ir::parse_graph;
+    use std::collections::BTreeMap;
 
     #[test]
     fn downstream_and_boundary_follow_the_data() {
@@ -318,7 +384,15 @@ mod tests {
         }
         let mut trial = g.clone();
         super::super::to_float(&mut trial, layers[1], &float, false).unwrap();
-        let base = BaseRun::new(&g, &judge, &boundary(&trial, &region(&trial, &[layers[1]]))).unwrap();
+        let wanted = boundary(&trial, &region(&trial, &[layers[1]]));
+        let base = BaseRun::new(&g, &judge, &wanted, usize::MAX).unwrap();
+        assert!(base.cached());
+        // Over budget: the values are weighed on the first sample, then
+        // dropped; the graph outputs are the same.
+        let over = BaseRun::new(&g, &judge, &wanted, base.bytes - 1).unwrap();
+        assert!(!over.cached() && over.bytes == base.bytes, "{} vs {}", over.bytes, base.bytes);
+        assert_eq!(over.graph_outputs(), base.graph_outputs());
+        assert!(over.values.iter().all(|v| v.len() == over.outputs.len()));
         let whole = judge.trial_outputs(&trial, &[layers[1]], Some(&base), 0..3, "all").unwrap();
         let mut parts = judge.trial_outputs(&trial, &[layers[1]], Some(&base), 0..1, "first").unwrap();
         parts.extend(judge.trial_outputs(&trial, &[layers[1]], Some(&base), 1..3, "rest").unwrap());
@@ -343,7 +417,7 @@ mod tests {
             for &l in &changed {
                 cached.extend(boundary(&trial, &region(&trial, &[l])));
             }
-            let base = BaseRun::new(&g, &judge, &cached).unwrap();
+            let base = BaseRun::new(&g, &judge, &cached, usize::MAX).unwrap();
             let whole = judge.score(&trial, "whole").unwrap();
             let part = judge.score_trial(&trial, &changed, Some(&base), "cut").unwrap();
             assert!((whole.sqnr - part.sqnr).abs() < 1e-9, "{changed:?}: {whole:?} vs {part:?}");
