@@ -80,8 +80,11 @@ pub fn section(g: &Graph, table: &CalibrationTable, percentile: f64) -> serde_js
     let tensors: Vec<serde_json::Value> = rows
         .par_iter()
         .map(|(name, amax, h)| {
+            // The chosen method's threshold is the table's amax, computed
+            // from this histogram just before: the search is not repeated.
+            let threshold = |method: Method| if table.kind == Some(method) { *amax } else { compute_amax(h, method) };
             let thresholds: serde_json::Map<String, serde_json::Value> =
-                methods.iter().map(|(m, method)| (m.clone(), serde_json::json!(compute_amax(h, *method)))).collect();
+                methods.iter().map(|(m, method)| (m.clone(), serde_json::json!(threshold(*method)))).collect();
             let width = h.bin_width().unwrap_or(0.0) * h.counts().len() as f64 / REPORT_BINS as f64;
             serde_json::json!({
                 "tensor": name,
