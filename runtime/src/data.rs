@@ -7,9 +7,11 @@
 //! YOLO family's conventions by default (letterbox with grey 114 padding,
 //! RGB, ×1/255, NCHW) and is configured per pipeline.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use image::{Rgb, RgbImage};
 
@@ -109,6 +111,53 @@ pub struct Dataset {
     prep: Preprocess,
     /// Files that were skipped while listing, with the reason.
     pub skipped: Vec<String>,
+    /// The last photos decoded, shared by their views.
+    decoded: Decoded,
+}
+
+/// The last few decoded photos, so the four views of a photo (consecutive
+/// samples, often loaded by different workers at once) decode it once:
+/// decoding is most of a sample's preparation. A view asked for while its
+/// photo is being decoded waits for that decode instead of starting
+/// another. Bounded ([`Decoded::KEEP`] photos), so memory stays flat in the
+/// number of samples; a clone starts empty.
+#[derive(Default)]
+struct Decoded(Mutex<VecDeque<(PathBuf, DecodeCell)>>);
+
+type DecodeCell = Arc<OnceLock<Result<Arc<RgbImage>, String>>>;
+
+impl Decoded {
+    const KEEP: usize = 4;
+
+    fn get(&self, path: &Path, decode: impl FnOnce() -> Result<RgbImage, String>) -> Result<Arc<RgbImage>, String> {
+        let cell = {
+            let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            match q.iter().find(|(p, _)| p == path) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c: DecodeCell = Arc::default();
+                    q.push_back((path.to_path_buf(), c.clone()));
+                    if q.len() > Self::KEEP {
+                        q.pop_front();
+                    }
+                    c
+                }
+            }
+        };
+        cell.get_or_init(|| decode().map(Arc::new)).clone()
+    }
+}
+
+impl Clone for Decoded {
+    fn clone(&self) -> Self {
+        Decoded::default()
+    }
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decoded")
+    }
 }
 
 const IMAGE_EXT: &[&str] = &["jpg", "jpeg", "png"];
@@ -323,7 +372,7 @@ impl Dataset {
                 }
             }
         }
-        Ok(Dataset { items, shape: shape.to_vec(), prep: prep.clone(), skipped })
+        Ok(Dataset { items, shape: shape.to_vec(), prep: prep.clone(), skipped, decoded: Decoded::default() })
     }
 
     /// Keeps `limit` samples: the first ones, or a seeded random subset
@@ -365,7 +414,13 @@ impl Dataset {
             }
         }
         self.items = kept;
-        Dataset { items: held, shape: self.shape.clone(), prep: self.prep.clone(), skipped: Vec::new() }
+        Dataset {
+            items: held,
+            shape: self.shape.clone(),
+            prep: self.prep.clone(),
+            skipped: Vec::new(),
+            decoded: Decoded::default(),
+        }
     }
 
     /// The preprocessing of every sample.
@@ -421,12 +476,21 @@ impl Dataset {
     pub fn load(&self, i: usize) -> Result<HostTensor, DataError> {
         match &self.items[i] {
             Item::Image(p, v) => {
-                let img = image::ImageReader::open(p)
-                    .and_then(|r| r.with_guessed_format())
-                    .map_err(|e| DataError::Sample { path: p.clone(), reason: e.to_string() })?
-                    .decode()
-                    .map_err(|e| DataError::Sample { path: p.clone(), reason: format!("cannot decode: {e}") })?;
-                Ok(preprocess(&view(&img.to_rgb8(), *v), &self.shape, &self.prep))
+                let img = self
+                    .decoded
+                    .get(p, || {
+                        let img = image::ImageReader::open(p)
+                            .and_then(|r| r.with_guessed_format())
+                            .map_err(|e| e.to_string())?
+                            .decode()
+                            .map_err(|e| format!("cannot decode: {e}"))?;
+                        Ok(img.to_rgb8())
+                    })
+                    .map_err(|reason| DataError::Sample { path: p.clone(), reason })?;
+                Ok(match v {
+                    0 => preprocess(&img, &self.shape, &self.prep),
+                    _ => preprocess(&view(&img, *v), &self.shape, &self.prep),
+                })
             }
             Item::Npy { path, offset, f64 } => {
                 let n: usize = self.shape.iter().product();
@@ -551,6 +615,42 @@ mod tests {
         assert_eq!(values(&ds), [0.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0]);
         assert_eq!(ds.split_every(1).len(), 0);
         assert_eq!(ds.len(), 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The views of a photo, loaded from several threads at once and in any
+    /// order, through the shared decode, are exactly the views of a freshly
+    /// decoded copy; a photo that cannot be decoded fails every view.
+    #[test]
+    fn views_share_one_decode_and_match_a_fresh_one() {
+        let dir = std::env::temp_dir().join(format!("qforge-views-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (k, name) in ["a.png", "b.png", "c.png"].iter().enumerate() {
+            let img = RgbImage::from_fn(37, 23, |x, y| Rgb([(x * 7 + k as u32) as u8, (y * 11) as u8, (x ^ y) as u8]));
+            img.save(dir.join(name)).unwrap();
+        }
+        std::fs::write(dir.join("d.png"), b"not a png").unwrap();
+        let shape = [1, 3, 16, 16];
+        let mut ds = Dataset::open(&Source::Images(dir.clone()), &shape, &Preprocess::default()).unwrap();
+        ds.augment_views();
+        assert_eq!(ds.len(), 16);
+        let order: Vec<usize> = (0..ds.len()).rev().chain(0..ds.len()).collect();
+        let got: Vec<(usize, Result<HostTensor, String>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = order
+                .chunks(5)
+                .map(|c| s.spawn(|| c.iter().map(|&i| (i, ds.load(i).map_err(|e| e.to_string()))).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        for (i, r) in got {
+            let Item::Image(p, v) = &ds.items[i] else { panic!("photos only") };
+            if p.ends_with("d.png") {
+                assert!(r.unwrap_err().contains("cannot decode"), "view {v} of the broken file");
+                continue;
+            }
+            let fresh = image::open(p).unwrap().to_rgb8();
+            assert_eq!(r.unwrap(), preprocess(&view(&fresh, *v), &shape, &Preprocess::default()), "{p:?} view {v}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
