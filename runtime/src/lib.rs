@@ -131,6 +131,23 @@ impl Engine {
     }
 }
 
+/// Starts resolving `engine` on a background thread: finding and loading
+/// ONNX Runtime (a Python subprocess locates the wheel's library) takes
+/// 0.2–0.3 s, which then overlaps the caller's own start-up (reading the
+/// model, the exact passes) instead of delaying the first pass that runs a
+/// model. Tract needs nothing. Whoever asks next waits for the same result.
+pub fn warm_up(engine: Engine) {
+    if matches!(engine, Engine::Auto | Engine::Ort) {
+        std::thread::spawn(move || {
+            let _ = engine.resolve();
+            #[cfg(feature = "ort")]
+            if engine == Engine::Ort {
+                let _ = ort_engine::available();
+            }
+        });
+    }
+}
+
 /// What `auto` stands for in this process, and why, in words for a note:
 /// ONNX Runtime when the build has it and its library loads (the
 /// `onnxruntime` wheel or `ORT_DYLIB_PATH`), else tract.

@@ -201,6 +201,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(r) = &a.report {
         qforge_ir::writable_file(r).context("--report")?;
     }
+    // A pipeline that runs the model (on samples, or to check numerics)
+    // gets its engine ready while the model loads.
+    if pipeline.pass_names().iter().any(|n| qforge_passes::find_pass(n).is_some_and(|p| p.calib.is_some())) {
+        qforge_runtime::warm_up(a.engine);
+    }
+    if a.check_numerics {
+        qforge_runtime::warm_up(check_engine.unwrap_or_default());
+    }
     let mut model = qforge_ir::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     // Invalid entries the import dropped: the output differs there, so say so.
     let repairs = model.repairs();
