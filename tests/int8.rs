@@ -134,6 +134,45 @@ fn to_fp16_keeps_q_dq_whose_scale_underflows_fp16_in_fp32() {
     assert!(qforge_passes::tensorrt::legality::check(&g, true).errors.is_empty());
 }
 
+/// Outputs calibration did not cover (the decode tail) stay FP32 when they
+/// reach `rangeless_max` on the samples, and a float16-overflowing weight
+/// keeps its reader FP32 (ModelOpt's rules); with the measure off, the tail
+/// goes FP16.
+#[test]
+fn to_fp16_keeps_uncovered_large_outputs_and_huge_weights_fp32() {
+    let dir = common::tempdir();
+    random_npy(dir.path(), 3, &[1, 2, 4, 4]);
+    let text = "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,4,4]\n  init @w: f32[2,2,1,1] = rand(1)\n  \
+        init @k: f32[] = [1000.0]\n  init @h: f32[] = [100000.0]\n  init @u: f32[] = [0.001]\n  \
+        %c = Conv(%x, @w)  # conv\n  %big = Mul(%c, @k)  # scale_up\n  %tail = Sub(%big, @k)  # tail\n  \
+        %small = Mul(%tail, @u)  # back_down\n  %huge = Mul(%small, @h)  # huge_weight\n  %y = Relu(%huge)  # out\n  \
+        output %y\n}\n";
+    let out_type = |g: &qforge_ir::Graph, node: &str| g.dtype(g.node(g.find_node(node).unwrap()).output(0).unwrap());
+    for samples in [2, 0] {
+        let mut g = parse_graph(text).unwrap();
+        let yaml = format!(
+            "passes:\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {:?}}}}}\n  - insert-qdq: {{exclude_tail: true}}\n  - to-fp16: {{rangeless_samples: {samples}}}\n",
+            dir.path().to_str().unwrap()
+        );
+        let report = run_pipeline(&mut g, &yaml).unwrap();
+        qforge_ir::verify(&g).unwrap();
+        let notes = report.runs.iter().find(|p| p.name == "to-fp16").unwrap().report.notes.join("\n");
+        if samples > 0 {
+            // |conv| <= a few, so the tail is around 1000: FP32, each said.
+            for node in ["scale_up", "tail"] {
+                assert_eq!(out_type(&g, node), Some(DataType::F32), "{node}: {notes}");
+                assert!(notes.contains(&format!("\"{node}\"")) && notes.contains("did not cover"), "{notes}");
+            }
+            assert_eq!(out_type(&g, "back_down"), Some(DataType::F16), "~1 after scaling back: {notes}");
+        } else {
+            assert_eq!(out_type(&g, "tail"), Some(DataType::F16), "not measured: {notes}");
+        }
+        assert_eq!(out_type(&g, "huge_weight"), Some(DataType::F32), "100000 is not a float16: {notes}");
+        let h = g.node(g.find_node("huge_weight").unwrap()).input(1).unwrap();
+        assert_eq!(g.constant(h).unwrap().to_f32_vec().unwrap(), [100000.0]);
+    }
+}
+
 fn tensorrt_error(text: &str) -> String {
     qforge_passes::builtin::link();
     let mut g = parse_graph(text).unwrap();

@@ -7,8 +7,11 @@
 //! converted ops become float16, and a Cast is inserted wherever an FP16
 //! value meets a reader that needs FP32 or the other way round. FP32 stays
 //! at the graph inputs and outputs (option), on Resize/Upsample scales and
-//! roi, around ops named in `keep_ops`/`keep_names`, and on ops whose
-//! calibrated output range does not fit FP16 with headroom (`max_fp16`). A
+//! roi, around ops named in `keep_ops`/`keep_names`, on ops whose
+//! calibrated output range does not fit FP16 with headroom (`max_fp16`),
+//! on ops calibration did not cover whose output reaches `rangeless_max`
+//! (512) on a few calibration samples, and on readers of a weight beyond
+//! FP16 (|w| > 65504): ModelOpt's two rules for tensors without a range. A
 //! node whose output type is unknown is kept FP32, and so are its readers,
 //! so no value of unknown type ever crosses between the two precisions.
 //!
@@ -46,11 +49,25 @@ pub struct ToFp16 {
     pub qdq: String,
     /// Ops whose calibrated output range exceeds this stay FP32.
     pub max_fp16: f32,
+    /// Ops whose output calibration did not cover (the decode tail, shape
+    /// arithmetic) stay FP32 when it reaches this on the samples (ModelOpt's
+    /// activation rule).
+    pub rangeless_max: f32,
+    /// Calibration samples run to measure those outputs (0: not measured).
+    pub rangeless_samples: usize,
 }
 
 impl Default for ToFp16 {
     fn default() -> Self {
-        ToFp16 { keep_io: true, keep_ops: Vec::new(), keep_names: Vec::new(), qdq: "auto".into(), max_fp16: 8192.0 }
+        ToFp16 {
+            keep_io: true,
+            keep_ops: Vec::new(),
+            keep_names: Vec::new(),
+            qdq: "auto".into(),
+            max_fp16: 8192.0,
+            rangeless_max: 512.0,
+            rangeless_samples: 2,
+        }
     }
 }
 
@@ -66,6 +83,14 @@ impl PassOptions for ToFp16 {
         (
             "max_fp16",
             "ops whose calibrated output range |x| exceeds this stay FP32 (default 8192, 8x below the FP16 limit)",
+        ),
+        (
+            "rangeless_max",
+            "ops whose output calibration did not cover stay FP32 when |x| reaches this on the samples (default 512, ModelOpt's rule)",
+        ),
+        (
+            "rangeless_samples",
+            "calibration samples run to measure outputs calibration did not cover (default 2; 0: not measured)",
         ),
     ];
 }
@@ -122,6 +147,7 @@ impl ToFp16 {
                 || (is_qdq && !scale_fits_f16(g, n))
                 || q_reads_fp32
                 || outs.iter().any(|v| overflow.contains(v))
+                || node.inputs().iter().flatten().any(|&v| beyond_f16(g, v))
                 // Constant nodes keep their FP32 data (fold-constants makes them
                 // initializers, which are converted); readers get a Cast.
                 || node.is_op("Constant")
@@ -135,6 +161,62 @@ impl ToFp16 {
         }
         conv
     }
+}
+
+/// The largest |x| of each value of `vs` over the first `samples`
+/// calibration samples (NaN and ±Inf count as infinite), and how many
+/// samples ran; `None` without calibration samples or values to measure.
+fn rangeless_max(
+    g: &Graph,
+    cx: &PassContext,
+    vs: &[ValueId],
+    samples: usize,
+) -> Result<Option<(Vec<f32>, usize)>, PassError> {
+    let Some(cd) = cx.ext.get::<crate::calibrate::CalibrationData>() else { return Ok(None) };
+    if vs.is_empty() || cd.dataset.is_empty() {
+        return Ok(None);
+    }
+    let mut input_shapes = std::collections::BTreeMap::new();
+    if let Some(&i) = g.runtime_inputs().first() {
+        input_shapes.insert(g.value_name(i).to_string(), cd.shape.clone());
+    }
+    let opts = qforge_runtime::SessionOptions {
+        outputs: vs.iter().map(|&v| g.value_name(v).to_string()).collect(),
+        input_shapes,
+        engine: cx.engine,
+        ..Default::default()
+    };
+    let what = "to-fp16: measuring outputs calibration did not cover";
+    let rt = |source| PassError::Runtime { context: what.to_string(), source };
+    let s = qforge_runtime::session(&qforge_ir::Model::new(g.clone()), &opts).map_err(rt)?;
+    let mut maxes = vec![0.0f32; vs.len()];
+    let mut ran = 0;
+    for i in 0..cd.dataset.len().min(samples) {
+        let Ok(x) = cd.dataset.load(i) else { continue };
+        s.run_visit(std::slice::from_ref(&x), &mut |outs| {
+            for (m, t) in maxes.iter_mut().zip(outs) {
+                if let Some(xs) = t.as_f32() {
+                    for &x in xs {
+                        let a = if x.is_nan() { f32::INFINITY } else { x.abs() };
+                        *m = m.max(a);
+                    }
+                }
+            }
+        })
+        .map_err(rt)?;
+        ran += 1;
+    }
+    Ok((ran > 0).then_some((maxes, ran)))
+}
+
+/// A float32 initializer holding a value float16 cannot (|x| > 65504, or
+/// NaN/Inf stays as is): its readers keep FP32 rather than read infinities
+/// (ModelOpt's initializer rule).
+fn beyond_f16(g: &Graph, v: ValueId) -> bool {
+    g.initializer(v)
+        .filter(|t| t.dtype() == Some(DataType::F32))
+        .and_then(|t| t.to_f32_vec().ok())
+        .is_some_and(|xs| xs.iter().any(|x| x.abs() > 65504.0 && x.is_finite()))
 }
 
 /// Inserts `Cast(v, to)` right after `v` is defined; returns the cast output.
@@ -216,6 +298,56 @@ impl Pass for ToFp16 {
                         reasons.push((g.node(p).name().to_string(), "overflow", format!("FP32: {detail}")));
                     }
                 }
+            }
+        }
+        // Outputs calibration did not cover (the decode tail's box
+        // coordinates, in the hundreds): measured on a few samples.
+        if self.rangeless_samples > 0 {
+            let uncovered: Vec<ValueId> = {
+                let calibrated: HashSet<ValueId> = cx
+                    .ext
+                    .get::<crate::calibrate::table::CalibrationTable>()
+                    .map(|t| t.tensors.keys().copied().collect())
+                    .unwrap_or_default();
+                let conv = self.converted(g, qdq16, &overflow);
+                let mut vs: Vec<ValueId> = Vec::new();
+                for n in g.nodes().filter(|n| conv.contains(n) && !g.node(*n).is_op("QuantizeLinear")) {
+                    vs.extend(
+                        g.node(n)
+                            .outputs()
+                            .iter()
+                            .flatten()
+                            .filter(|&&v| g.dtype(v) == Some(DataType::F32) && !calibrated.contains(&v)),
+                    );
+                }
+                vs
+            };
+            match rangeless_max(g, cx, &uncovered, self.rangeless_samples)? {
+                Some((maxes, n)) => {
+                    let top = maxes.iter().copied().fold(0.0f32, f32::max);
+                    r.note(format!(
+                        "measured the {} output(s) calibration did not cover on {n} sample(s): largest |x| {top:.1}",
+                        uncovered.len()
+                    ));
+                    for (v, m) in uncovered.into_iter().zip(maxes) {
+                        if m >= self.rangeless_max
+                            && let Some(p) = g.producer_node(v)
+                        {
+                            overflow.insert(v);
+                            let detail = format!(
+                                "calibration did not cover its output, which reached {m:.0} on {n} sample(s) (>= rangeless_max {})",
+                                self.rangeless_max
+                            );
+                            r.note(format!("{} stays FP32: {detail}", describe(g, p)));
+                            reasons.push((g.node(p).name().to_string(), "overflow", format!("FP32: {detail}")));
+                        }
+                    }
+                }
+                None if !uncovered.is_empty() => r.note(format!(
+                    "{} output(s) calibration did not cover were not measured (no calibration samples): they go FP16",
+                    uncovered.len()
+                )),
+                None => {}
             }
         }
         let conv = self.converted(g, qdq16, &overflow);
