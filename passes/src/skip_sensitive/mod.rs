@@ -6,7 +6,10 @@
 //! end to end, each layer alone back in float; then add layers greedily in
 //! that order, re-measuring the combination each time, and keep a layer in
 //! float only if the model with it (and the ones already chosen) scores
-//! better than without ([`judge::Judge::better`]). Stops at `top_k` layers or
+//! better than without ([`judge::Judge::better`]) on all samples. A step
+//! runs on the screen samples first and is turned down there when it is no
+//! better: turning down keeps the model already measured, so it can only
+//! cost a layer that would have helped, never make the result worse. Stops at `top_k` layers or
 //! once the metric reaches `target`. The result is never worse than the
 //! all-quantized model on the pass's own metric: every accepted step was
 //! measured to improve it.
@@ -58,8 +61,9 @@ pub struct SkipSensitive {
     /// Samples of the local measure that ranks layers (cheap: one run each).
     pub local_samples: usize,
     /// Samples each shortlisted layer is first measured on alone (the
-    /// first of `samples`); every greedy step is then measured on all of
-    /// them. Output metrics only: a model metric judges the file.
+    /// first of `samples`); a greedy step runs on them first, is turned
+    /// down there when no better, and is accepted only once measured on
+    /// all samples. Output metrics only: a model metric judges the file.
     pub screen_samples: usize,
     /// Layers measured end to end (the worst by the local measure); default `2·top_k + 2`.
     pub shortlist: Option<usize>,
@@ -109,7 +113,7 @@ impl PassOptions for SkipSensitive {
         ("local_samples", "samples of the local per-layer measure that ranks candidates (default 4)"),
         (
             "screen_samples",
-            "samples each shortlisted layer is first measured on alone; every greedy step is measured on all samples (default 8)",
+            "samples each shortlisted layer is first measured on alone; a greedy step runs there first and is turned down there when no better; it is accepted only on all samples (default 8)",
         ),
         ("shortlist", "layers measured end to end, the worst by the local measure (default 2*top_k+2)"),
         ("tie", "metric differences up to this are ties, broken by output SQNR (default 0.002)"),
