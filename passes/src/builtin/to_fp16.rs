@@ -120,7 +120,13 @@ fn fp32_slot(g: &Graph, n: NodeId, slot: usize) -> bool {
 impl ToFp16 {
     /// Nodes that compute in FP16: every float op but the kept ones; Q/DQ
     /// when `qdq16`; never a producer of a value in `overflow`.
-    fn converted(&self, g: &Graph, qdq16: bool, overflow: &HashSet<ValueId>) -> HashSet<NodeId> {
+    fn converted(
+        &self,
+        g: &Graph,
+        qdq16: bool,
+        overflow: &HashSet<ValueId>,
+        huge: &HashSet<ValueId>,
+    ) -> HashSet<NodeId> {
         let mut conv: HashSet<NodeId> = HashSet::new();
         let mut unknown_values: HashSet<ValueId> = HashSet::new();
         for n in g.nodes() {
@@ -147,7 +153,7 @@ impl ToFp16 {
                 || (is_qdq && !scale_fits_f16(g, n))
                 || q_reads_fp32
                 || outs.iter().any(|v| overflow.contains(v))
-                || node.inputs().iter().flatten().any(|&v| beyond_f16(g, v))
+                || node.inputs().iter().flatten().any(|v| huge.contains(v))
                 // Constant nodes keep their FP32 data (fold-constants makes them
                 // initializers, which are converted); readers get a Cast.
                 || node.is_op("Constant")
@@ -209,14 +215,20 @@ fn rangeless_max(
     Ok((ran > 0).then_some((maxes, ran)))
 }
 
-/// A float32 initializer holding a value float16 cannot (|x| > 65504, or
-/// NaN/Inf stays as is): its readers keep FP32 rather than read infinities
-/// (ModelOpt's initializer rule).
-fn beyond_f16(g: &Graph, v: ValueId) -> bool {
-    g.initializer(v)
-        .filter(|t| t.dtype() == Some(DataType::F32))
-        .and_then(|t| t.to_f32_vec().ok())
-        .is_some_and(|xs| xs.iter().any(|x| x.abs() > 65504.0 && x.is_finite()))
+/// The float32 initializers holding a finite value float16 cannot (|x| >
+/// 65504; NaN/Inf stay as they are): their readers keep FP32 rather than
+/// read infinities (ModelOpt's initializer rule).
+fn beyond_f16(g: &Graph) -> HashSet<ValueId> {
+    g.initializers()
+        .iter()
+        .copied()
+        .filter(|&v| {
+            g.initializer(v)
+                .filter(|t| t.dtype() == Some(DataType::F32))
+                .and_then(|t| t.to_f32_vec().ok())
+                .is_some_and(|xs| xs.iter().any(|x| x.abs() > 65504.0 && x.is_finite()))
+        })
+        .collect()
 }
 
 /// Inserts `Cast(v, to)` right after `v` is defined; returns the cast output.
@@ -284,6 +296,7 @@ impl Pass for ToFp16 {
             },
             other => return Err(PassError::msg(format!("qdq: \"{other}\" is not auto, fp16 or fp32"))),
         };
+        let huge = beyond_f16(g);
         // Ranges calibration measured: outputs too large for FP16 keep FP32.
         let mut overflow: HashSet<ValueId> = HashSet::new();
         let mut reasons: Vec<(String, &str, String)> = Vec::new();
@@ -309,7 +322,7 @@ impl Pass for ToFp16 {
                     .get::<crate::calibrate::table::CalibrationTable>()
                     .map(|t| t.tensors.keys().copied().collect())
                     .unwrap_or_default();
-                let conv = self.converted(g, qdq16, &overflow);
+                let conv = self.converted(g, qdq16, &overflow, &huge);
                 let mut vs: Vec<ValueId> = Vec::new();
                 for n in g.nodes().filter(|n| conv.contains(n) && !g.node(*n).is_op("QuantizeLinear")) {
                     vs.extend(
@@ -350,7 +363,7 @@ impl Pass for ToFp16 {
                 None => {}
             }
         }
-        let conv = self.converted(g, qdq16, &overflow);
+        let conv = self.converted(g, qdq16, &overflow, &huge);
         for n in g.nodes() {
             let node = g.node(n);
             if self.keep_ops.iter().any(|o| o == node.op_type()) || self.keep_names.iter().any(|o| o == node.name()) {

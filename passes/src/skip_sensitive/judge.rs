@@ -47,8 +47,23 @@ pub struct Judge {
     pub tie: f64,
 }
 
-fn runtime(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
+pub(super) fn runtime(context: &str) -> impl Fn(qforge_runtime::RuntimeError) -> PassError + '_ {
     move |source| PassError::Runtime { context: context.to_string(), source }
+}
+
+/// A single-threaded session on `g` fetching `fetch` (or the graph
+/// outputs): every run of the search is one sample on one core, samples in
+/// parallel.
+pub(super) fn open(
+    g: Graph,
+    fetch: Vec<String>,
+    engine: Engine,
+    input_shapes: &BTreeMap<String, Vec<usize>>,
+    what: &str,
+) -> Result<Box<dyn qforge_runtime::Session>, PassError> {
+    let opts =
+        SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine, threads: 1, ..Default::default() };
+    qforge_runtime::session(&Model::new(g), &opts).map_err(runtime(what))
 }
 
 /// The graph outputs of `g` (or the tensors named in `fetch`) on each input.
@@ -60,9 +75,7 @@ pub fn run_all(
     input_shapes: &BTreeMap<String, Vec<usize>>,
     what: &str,
 ) -> Result<Vec<Vec<HostTensor>>, PassError> {
-    let opts =
-        SessionOptions { outputs: fetch, input_shapes: input_shapes.clone(), engine, threads: 1, ..Default::default() };
-    let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(runtime(what))?;
+    let s = open(g.clone(), fetch, engine, input_shapes, what)?;
     // Samples in parallel: a session runs concurrently (each run has its
     // own state), and the sequential steps of the search (the base run, the
     // greedy combinations) would otherwise use one core.

@@ -2,14 +2,13 @@
 //! to end: how much each layer's own output moves when its inputs are
 //! quantized, everything upstream being as deployed.
 //!
-//! One graph computes it for every layer at once: the quantized model plus,
-//! beside each layer, a float twin (same op and attributes, reading the
-//! layer's float activation `x` instead of `DQ(Q(x))` and the float weights
-//! of the model before `insert-qdq`), and two `ReduceSumSquare` nodes, of the
-//! twin's output and of the difference. Only those scalars are fetched, so a
-//! run costs about twice the model and no activation is copied out. The
-//! graph outputs come from the same run and serve as the quantized model's
-//! outputs on those samples.
+//! One graph computes it for a whole group of layers at once: the quantized
+//! model plus, beside each layer, a float twin (same op and attributes,
+//! reading the layer's float activation `x` instead of `DQ(Q(x))` and the
+//! float weights of the model before `insert-qdq`), and two
+//! `ReduceSumSquare` nodes, of the twin's output and of the difference. Only
+//! those scalars are fetched, so a run costs about twice the model and no
+//! activation is copied out.
 
 use std::collections::BTreeMap;
 
@@ -35,12 +34,13 @@ fn reduce_all(g: &mut Graph, at: NodeId, op: &str, v: qforge_ir::ValueId, hint: 
 
 /// Measures every layer in `layers` of the quantized graph `g` on `inputs`.
 ///
-/// The layers are split in graph order into one group per core, each
-/// measured by its own graph, prepared and run in parallel: preparing a
-/// session is single-threaded, and grows faster than the graph (tract), so
-/// two graphs with half the twins each are ready sooner than one with all;
-/// the group of early layers also needs only the part of the model before
-/// its last layer (the engine drops what the fetched sums do not need).
+/// The layers are split in graph order into two groups (one on a single
+/// core), each measured by its own graph, prepared and run in parallel:
+/// preparing a session is single-threaded and grows faster than the graph
+/// (tract), so two graphs with half the twins each are ready sooner than one
+/// with all; the group of early layers also needs only the part of the model
+/// before its last layer (the engine drops what the fetched sums do not
+/// need). More groups would each run the model up to their layers again.
 pub fn measure(
     g: &Graph,
     float: &Graph,
@@ -54,14 +54,14 @@ pub fn measure(
     let mut sorted = layers.to_vec();
     sorted.sort_by_key(|n| order.get(n).copied().unwrap_or(usize::MAX));
     let per = sorted.len().div_ceil(groups).max(1);
-    let sums: Vec<(Vec<NodeId>, Vec<NoiseSignal>)> = sorted
+    let per_group: Vec<(Vec<NodeId>, Vec<NoiseSignal>)> = sorted
         .chunks(per)
         .collect::<Vec<_>>()
         .into_par_iter()
         .map(|chunk| Ok((chunk.to_vec(), sums(g, float, chunk, inputs, engine, input_shapes)?)))
         .collect::<Result<_, PassError>>()?;
-    let found: std::collections::HashMap<NodeId, (f64, f64)> =
-        sums.into_iter().flat_map(|(ls, s)| ls.into_iter().zip(s)).collect();
+    let found: std::collections::HashMap<NodeId, NoiseSignal> =
+        per_group.into_iter().flat_map(|(ls, s)| ls.into_iter().zip(s)).collect();
     let sqnr = layers
         .iter()
         .map(|l| {

@@ -370,7 +370,7 @@ impl Pass for SkipSensitive {
         // Greedy forward selection, each step measured.
         let mut current = base;
         // The outputs of the model as it stands (the base, then each accepted step).
-        let mut current_outputs: Outputs = base_outputs.clone();
+        let mut current_outputs: Outputs = base_outputs;
         let mut chosen: Vec<NodeId> = Vec::new();
         let n = judge.inputs.len();
         for c in &mut cands {

@@ -21,10 +21,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use rayon::prelude::*;
 
-use qforge_ir::{Graph, Model, NodeId, TypeInfo, ValueDef, ValueId};
-use qforge_runtime::{HostTensor, SessionOptions};
+use qforge_ir::{Graph, NodeId, TypeInfo, ValueDef, ValueId};
+use qforge_runtime::HostTensor;
 
-use super::judge::{Judge, Score};
+use super::judge::{Judge, Score, open, runtime};
 use crate::PassError;
 
 /// Suffix of the cut's inputs that stand for base-model values.
@@ -111,20 +111,13 @@ impl BaseRun {
         let cached: Vec<String> = cached.iter().filter(|c| !outputs.contains(c)).cloned().collect();
         let fetch: Vec<String> = outputs.iter().chain(&cached).cloned().collect();
         let what = "skip-sensitive: quantized model";
-        let rt = |source| PassError::Runtime { context: what.to_string(), source };
-        let opts = SessionOptions {
-            outputs: fetch.clone(),
-            input_shapes: judge.input_shapes.clone(),
-            engine: judge.engine,
-            threads: 1,
-            ..Default::default()
-        };
-        let s = qforge_runtime::session(&Model::new(g.clone()), &opts).map_err(rt)?;
+        let rt = runtime(what);
+        let s = open(g.clone(), fetch.clone(), judge.engine, &judge.input_shapes, what)?;
         let n_out = outputs.len();
         let Some((first, rest)) = judge.inputs.split_first() else {
             return Ok(BaseRun { outputs, values: Vec::new(), index: HashMap::new(), bytes: 0 });
         };
-        let mut values = vec![s.run(std::slice::from_ref(first)).map_err(rt)?];
+        let mut values = vec![s.run(std::slice::from_ref(first)).map_err(&rt)?];
         let bytes: usize = values[0][n_out..].iter().map(HostTensor::byte_len).sum();
         let keep = !cached.is_empty() && bytes.saturating_mul(judge.inputs.len()) <= budget;
         if !keep {
@@ -133,7 +126,7 @@ impl BaseRun {
         let more: Result<Vec<Vec<HostTensor>>, PassError> = rest
             .par_iter()
             .map(|x| {
-                let mut v = s.run(std::slice::from_ref(x)).map_err(rt)?;
+                let mut v = s.run(std::slice::from_ref(x)).map_err(&rt)?;
                 if !keep {
                     v.truncate(n_out);
                 }
@@ -245,27 +238,20 @@ impl Judge {
             Some(b) => cut(trial, changed, b, &sample_input).map(|c| (b, c)),
             None => None,
         };
-        let rt = |source| PassError::Runtime { context: what.to_string(), source };
-        let mut opts = SessionOptions {
-            outputs: Vec::new(),
-            input_shapes: self.input_shapes.clone(),
-            engine: self.engine,
-            threads: 1,
-            ..Default::default()
-        };
         let Some((base, (c, from_cut))) = cutted else {
-            let session = qforge_runtime::session(&Model::new(trial.clone()), &opts).map_err(rt)?;
+            let session = open(trial.clone(), Vec::new(), self.engine, &self.input_shapes, what)?;
             return Ok(Prepared { judge: self, session, cut: None, what: what.to_string() });
         };
+        let mut shapes = self.input_shapes.clone();
         for &v in &c.runtime_inputs() {
             let name = c.value_name(v);
             if let Some(b) = name.strip_suffix(FED)
                 && let Some(&i) = base.index.get(b)
             {
-                opts.input_shapes.insert(name.to_string(), base.values[0][i].shape.clone());
+                shapes.insert(name.to_string(), base.values[0][i].shape.clone());
             }
         }
-        let session = qforge_runtime::session(&Model::new(c), &opts).map_err(rt)?;
+        let session = open(c, Vec::new(), self.engine, &shapes, what)?;
         Ok(Prepared { judge: self, session, cut: Some((base, from_cut)), what: what.to_string() })
     }
 }
@@ -284,9 +270,9 @@ impl Prepared<'_> {
     pub fn outputs(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<HostTensor>>, PassError> {
         let inputs = &self.judge.inputs[range.clone()];
         let s = &self.session;
-        let rt = |source| PassError::Runtime { context: self.what.clone(), source };
+        let rt = runtime(&self.what);
         let Some((base, from_cut)) = &self.cut else {
-            return inputs.par_iter().map(|x| s.run(std::slice::from_ref(x)).map_err(rt)).collect();
+            return inputs.par_iter().map(|x| s.run(std::slice::from_ref(x)).map_err(&rt)).collect();
         };
         let run = |(k, x): (usize, &HostTensor)| -> Result<Vec<HostTensor>, PassError> {
             let feed: Vec<HostTensor> = s
@@ -297,7 +283,7 @@ impl Prepared<'_> {
                     None => x.clone(),
                 })
                 .collect();
-            let out = s.run(&feed).map_err(rt)?;
+            let out = s.run(&feed).map_err(&rt)?;
             Ok(from_cut
                 .iter()
                 .enumerate()

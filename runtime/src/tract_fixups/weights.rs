@@ -72,14 +72,11 @@ fn dequantize(g: &Graph, n: qforge_ir::NodeId) -> Option<Tensor> {
         let inner: i64 = dims[axis as usize + 1..].iter().product();
         (scale.len(), inner.max(1) as usize)
     };
-    let y: Vec<f32> = codes
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let c = (i / inner) % channels;
-            (q - zp[c]) as f32 * scale[c]
-        })
-        .collect();
+    let mut y: Vec<f32> = Vec::with_capacity(codes.len());
+    for (k, block) in codes.chunks(inner).enumerate() {
+        let c = k % channels;
+        y.extend(block.iter().map(|&q| (q - zp[c]) as f32 * scale[c]));
+    }
     Some(Tensor::new(&dims, &y))
 }
 
