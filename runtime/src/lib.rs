@@ -19,6 +19,7 @@ mod random;
 pub mod resize;
 mod tract_engine;
 mod tract_fixups;
+mod tract_qdq;
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,10 @@
 //! nodes tract would fold into a wrong lookup table (`DQ → Softmax → Q`), so
 //! tract computes Q/DQ graphs as ONNX Runtime does, and gives float16 Q/DQ
 //! scales (TensorRT 10/11 graphs) f32 copies tract accepts, and runs float16
-//! convolutions through f32 kernels.
+//! convolutions through f32 kernels. After tract's optimizer, softmaxes over
+//! a middle axis are moved to the last ([`trailing_softmax`]) and each
+//! activation's quantize → dequantize pair becomes one vectorised op
+//! ([`crate::tract_qdq`]): faster, same values.
 
 use std::sync::Arc;
 
@@ -26,6 +29,10 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct TractSession {
     plan: Plan,
     sig: Signature,
+    /// Quantize → dequantize pairs run as one op ([`crate::tract_qdq`]);
+    /// the tests read it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fused: crate::tract_qdq::Fused,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> RuntimeError {
@@ -56,6 +63,18 @@ impl TractSession {
     /// [`TractSession::new`], with the fixups of [`crate::tract_fixups`] or
     /// (for tests that show why they exist) without.
     pub(crate) fn build(model: &Model, opts: &SessionOptions, fixups: bool) -> Result<TractSession, RuntimeError> {
+        TractSession::build_with(model, opts, fixups, fixups)
+    }
+
+    /// [`TractSession::build`], with the quantize → dequantize fusion of
+    /// [`crate::tract_qdq`] chosen apart from the other fixups (so a test
+    /// can compare the two).
+    pub(crate) fn build_with(
+        model: &Model,
+        opts: &SessionOptions,
+        fixups: bool,
+        fuse_pairs: bool,
+    ) -> Result<TractSession, RuntimeError> {
         let sig = Signature::new(&model.graph, opts)?;
         let mut proto = qforge_ir::export(model);
         if fixups {
@@ -69,6 +88,7 @@ impl TractSession {
             crate::tract_fixups::widen_half_products(graph, &products);
         }
         let bytes = proto.encode_to_vec();
+        let mut fused = Default::default();
         let plan = contained("preparing the model", || {
             let mut onnx = tract_onnx::onnx();
             onnx.op_register.insert("Upsample", upsample);
@@ -82,9 +102,12 @@ impl TractSession {
             check_sizes(&typed, opts.max_tensor_bytes)?;
             let mut optimized = typed.into_optimized().map_err(engine_err)?;
             trailing_softmax(&mut optimized).map_err(engine_err)?;
+            if fuse_pairs {
+                fused = crate::tract_qdq::fuse(&mut optimized).map_err(engine_err)?;
+            }
             optimized.into_runnable().map_err(engine_err)
         })?;
-        Ok(TractSession { plan, sig })
+        Ok(TractSession { plan, sig, fused })
     }
 }
 
