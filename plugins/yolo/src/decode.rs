@@ -159,17 +159,26 @@ pub fn nms(boxes: &[[f32; 4]], scores: &[f32], thr: f32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
     order.reverse();
+    // Boxes in visiting order, contiguous: the inner loop streams them.
+    let sorted: Vec<[f32; 4]> = order.iter().map(|&i| boxes[i]).collect();
     let mut keep: Vec<usize> = Vec::new();
     let mut alive = vec![true; order.len()];
-    for (p, &i) in order.iter().enumerate() {
+    for p in 0..sorted.len() {
         if !alive[p] {
             continue;
         }
-        keep.push(i);
-        for (q, &j) in order.iter().enumerate().skip(p + 1) {
+        keep.push(order[p]);
+        let b = &sorted[p];
+        for (q, other) in sorted.iter().enumerate().skip(p + 1) {
+            // Only boxes still alive can be suppressed: skipping the others
+            // changes nothing and, on an untrained model's thousands of
+            // candidates, most of the work.
+            if !alive[q] {
+                continue;
+            }
             // The reference keeps `iou < thr`: a NaN IoU suppresses too.
-            let v = iou(&boxes[i], &boxes[j]);
-            if alive[q] && (v >= thr || v.is_nan()) {
+            let v = iou(b, other);
+            if v >= thr || v.is_nan() {
                 alive[q] = false;
             }
         }
