@@ -276,6 +276,13 @@ impl Pass for SkipSensitive {
                 CACHE_BUDGET / 1_000_000
             ));
         }
+        if base_run.cached() {
+            r.note(format!(
+                "trials run only what they change, from {} cached values of the all-quantized model ({:.0} MB)",
+                cached.len(),
+                base_run.bytes as f64 / 1e6
+            ));
+        }
         let cache = base_run.cached().then_some(&base_run);
         let base_outputs = base_run.graph_outputs();
         clock.lap("all-quantized run");
@@ -513,7 +520,7 @@ impl Phases {
 }
 
 /// Most bytes of base-model values kept for downstream-only trials, over all samples.
-const CACHE_BUDGET: usize = 1_500_000_000;
+const CACHE_BUDGET: usize = 768_000_000;
 
 fn progress(quiet: bool, len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(len) };
