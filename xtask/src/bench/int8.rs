@@ -18,6 +18,9 @@ const MODEL: &str = "nudenet-320n.onnx";
 const INPUT_SHAPE: &str = "images=1,3,320,320";
 const SIZE: usize = 320;
 const MIN_MAP50: f64 = 0.90;
+/// The strongly typed (FP16 rest) output may differ from the FP32-rest one by at most this mAP50.
+const MAX_FP16_REST_GAP: f64 = 0.01;
+const TRT8_LABEL: &str = "qforge TensorRT 8.6 form (yolo-int8-trt8: float rest FP32)";
 /// skip-sensitive targets (issue: seconds, not minutes).
 const MAX_SKIP_S_NUDENET: f64 = 5.0;
 const MAX_SKIP_S_YOLOV8S: f64 = 30.0;
@@ -77,6 +80,15 @@ pub(super) fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
         How::Qforge(
             ctx.root.join("pipelines/yolo-int8.yaml"),
             [shape(), vec!["--engine".into(), "ort".into()]].concat(),
+        ),
+    ));
+    // The TensorRT 8.6 form of the same pipeline (float rest in FP32): the
+    // strongly typed default must agree with FP32 as well as it does.
+    cands.push((
+        format!("{TRT8_LABEL} --engine tract"),
+        How::Qforge(
+            ctx.root.join("pipelines/yolo-int8-trt8.yaml"),
+            [shape(), vec!["--engine".into(), "tract".into()]].concat(),
         ),
     ));
     if !ctx.args.quick {
@@ -244,6 +256,19 @@ fn nudenet_table(outcomes: &[Outcome], notes: &mut Vec<String>, failed: &mut boo
             verdict("≥ best ORT", ours.zip(best_ort).map(|(a, (b, _))| a >= b))
         );
     }
+    // FP16 rest (the default, TensorRT 10/11) against FP32 rest (8.6), both on tract.
+    let trt8 = outcomes.iter().find(|o| o.label.starts_with(TRT8_LABEL));
+    if let (Some(ours), Some(trt8)) = (outcomes.iter().find(|o| o.default), trt8) {
+        for (runtime, map50, _) in measures {
+            let gap = map50(ours).zip(map50(trt8)).map(|(a, b)| a - b);
+            let _ = writeln!(
+                md,
+                "- {runtime}: FP16 rest (yolo-int8) − FP32 rest (yolo-int8-trt8) mAP50 = {}: {}",
+                num(gap, 3),
+                verdict(&format!("within ±{MAX_FP16_REST_GAP}"), gap.map(|g| g.abs() <= MAX_FP16_REST_GAP))
+            );
+        }
+    }
     // Both engines' figures: tract is the embedded one, ONNX Runtime what
     // the default engine (auto) uses wherever its library is found.
     for o in outcomes.iter().filter(|o| o.label.starts_with("qforge yolo-int8")) {
@@ -315,17 +340,20 @@ fn qforge_engine_auto() -> &'static str {
 
 /// yolo-int8 on the untrained YOLOv5n and on PicoDet: output SQNR vs FP32 with ONNX Runtime.
 fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
-    let pipe = ctx.root.join("pipelines/yolo-int8.yaml");
+    let default_pipe = ctx.root.join("pipelines/yolo-int8.yaml");
+    let trt8_pipe = ctx.root.join("pipelines/yolo-int8-trt8.yaml");
     // The default engine (auto: ONNX Runtime where its library is found).
     let samples = ["--set", "skip-sensitive.samples=8", "--engine", "auto"];
     let full = ["--set", "skip-sensitive.samples=16", "--engine", "auto"];
-    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 3] = [
-        (
-            "yolov8s-torch-export-random.onnx",
-            full.to_vec(),
-            vec![],
-            "640×640 letterbox (as qforge calibrates); the raw torch export, random weights",
-        ),
+    // The skip-sensitive target is set for the embedded engine: measured with it too.
+    let full_tract = ["--set", "skip-sensitive.samples=16", "--engine", "tract"];
+    let v8 = "640×640 letterbox (as qforge calibrates); the raw torch export, random weights";
+    // The TensorRT 8.6 form (float rest FP32) beside the default (FP16 rest).
+    let full_trt8 = ["--pipeline-trt8", "--set", "skip-sensitive.samples=16", "--engine", "auto"];
+    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 5] = [
+        ("yolov8s-torch-export-random.onnx", full.to_vec(), vec![], v8),
+        ("yolov8s-torch-export-random.onnx", full_tract.to_vec(), vec![], v8),
+        ("yolov8s-torch-export-random.onnx", full_trt8.to_vec(), vec![], v8),
         ("yolov5n-untrained-unfused-bn.onnx", samples.to_vec(), vec![], "640×640 letterbox (as qforge calibrates)"),
         (
             "picodet-layout-cdla.onnx",
@@ -336,7 +364,12 @@ fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
     ];
     let mut rows = Vec::new();
     let mut skip_line = String::new();
+    // Output SQNR of the YOLOv8s export: (FP16 rest, FP32 rest), engine auto.
+    let mut forms: (Option<f64>, Option<f64>) = (None, None);
     for (file, extra, sqnr_args, inputs) in cases {
+        let trt8 = extra.first() == Some(&"--pipeline-trt8");
+        let extra: Vec<&str> = extra.into_iter().filter(|a| *a != "--pipeline-trt8").collect();
+        let pipe = if trt8 { &trt8_pipe } else { &default_pipe };
         let model = match measure::model(ctx, file) {
             Ok(m) => m,
             Err(e) => {
@@ -355,20 +388,23 @@ fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
         };
         println!("    yolo-int8 on {file}");
         let out = ctx.scratch.join(format!("{}.int8.onnx", crate::models::stem(&model)));
-        let settings = format!("yolo-int8 `{}`", extra.join(" "));
-        let cells = match measure::qforge_run(ctx, &pipe, &model, &out, &extra) {
+        let settings = format!("{} `{}`", if trt8 { "yolo-int8-trt8" } else { "yolo-int8" }, extra.join(" "));
+        let cells = match measure::qforge_run(ctx, pipe, &model, &out, &extra) {
             Ok((m, report)) => {
                 let skip = measure::report_seconds(&report, "skip-sensitive");
-                if file.starts_with("yolov8s") {
-                    skip_line = format!(
-                        "- skip-sensitive on {file} (16 samples, engine {}): {} s: {}\n",
-                        qforge_engine_auto(),
+                if file.starts_with("yolov8s") && !trt8 {
+                    let engine = if extra.contains(&"tract") { "tract" } else { qforge_engine_auto() };
+                    skip_line += &format!(
+                        "- skip-sensitive on {file} (16 samples, engine {engine}): {} s: {}\n",
                         num(skip, 1),
                         verdict(&format!("≤ {MAX_SKIP_S_YOLOV8S} s"), skip.map(|s| s <= MAX_SKIP_S_YOLOV8S))
                     );
                 }
                 let db = measure::ort_eval(ctx, &model, &out, &sqnr_args);
                 *failed |= db.is_err();
+                if let (true, Ok(j)) = (file.starts_with("yolov8s") && extra.contains(&"auto"), &db) {
+                    *(if trt8 { &mut forms.1 } else { &mut forms.0 }) = j["sqnr_db"].as_f64();
+                }
                 let (db, base) = match db {
                     Ok(j) => (num(j["sqnr_db"].as_f64(), 2), num(j["baseline_db"].as_f64(), 2)),
                     Err(e) => (format!("sqnr FAILED: {e}"), "—".into()),
@@ -399,8 +435,18 @@ fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
     md += &util::markdown_table(&header, &rows);
     md += "\n";
     md += &skip_line;
+    if forms.0.is_some() || forms.1.is_some() {
+        let _ = writeln!(
+            md,
+            "- yolov8s-torch-export-random.onnx, engine auto: output SQNR {} dB with the float rest in FP16 \
+             (yolo-int8, TensorRT 10/11) vs {} dB in FP32 (yolo-int8-trt8, TensorRT 8.6); random weights: \
+             no detection agreement there",
+            num(forms.0, 2),
+            num(forms.1, 2)
+        );
+    }
     md += "\n- `skip-sensitive.samples=8` (instead of the pipeline's 16) on YOLOv5n and PicoDet, 16 on the YOLOv8s \
-           export; output SQNR = 10·log10(Σ y² / Σ (y − ŷ)²) over all outputs of every \
+           export, run with the default engine and with tract; output SQNR = 10·log10(Σ y² / Σ (y − ŷ)²) over all outputs of every \
            photo × 4 views, both models run by ONNX Runtime (`xtask/scripts/sqnr.py`); `qforge agree` is not used here \
            (YOLOv5n is untrained: no detections; PicoDet's head is not a YOLO head). Baseline: the same formula \
            with ŷ = the FP32 outputs on a plain grey image: how much the outputs depend on the image at all; an \
