@@ -93,6 +93,27 @@ pub(super) fn int8(ctx: &mut Ctx) -> Result<SectionResult> {
     ));
     if !ctx.args.quick {
         let fold = ctx.root.join("pipelines/fold.yaml");
+        // Issue 15's techniques on top of the default pipeline, alone and
+        // combined: MSE weight ranges (`insert-qdq.weights_method`) and
+        // bias correction after the sensitive-layer search.
+        for (tag, weights, bias) in [("mse weights", "mse", false), ("correct-bias", "table", true), ("both", "mse", true)]
+        {
+            let yaml = format!(
+                "name: bench-int8-{}\ninclude: [\"{}\"]\npasses:\n  \
+                 - calibrate: {{method: max, data: {{views: true}}}}\n  \
+                 - insert-qdq: {{exclude_tail: true, weights_method: {weights}}}\n  \
+                 - skip-sensitive: {{top_k: 3, metric: yolo-map50, samples: 16}}\n{}  - to-fp16: {{}}\n  \
+                 - tensorrt: {{build: never}}\n",
+                tag.replace(' ', "-"),
+                fold.display(),
+                if bias { "  - correct-bias: {}\n" } else { "" }
+            );
+            let pipe = measure::pipeline(ctx, &format!("int8-{}", tag.replace(' ', "-")), &yaml)?;
+            cands.push((
+                format!("qforge yolo-int8 + {tag} --engine tract"),
+                How::Qforge(pipe, [shape(), vec!["--engine".into(), "tract".into()]].concat()),
+            ));
+        }
         for m in ["max", "entropy", "percentile", "mse"] {
             let yaml = format!(
                 "name: bench-int8-{m}\ninclude: [\"{}\"]\npasses:\n  \
@@ -271,7 +292,7 @@ fn nudenet_table(outcomes: &[Outcome], notes: &mut Vec<String>, failed: &mut boo
     }
     // Both engines' figures: tract is the embedded one, ONNX Runtime what
     // the default engine (auto) uses wherever its library is found.
-    for o in outcomes.iter().filter(|o| o.label.starts_with("qforge yolo-int8")) {
+    for o in outcomes.iter().filter(|o| o.label.starts_with("qforge yolo-int8 --engine")) {
         let engine = if o.label.contains("--engine ort") { "ONNX Runtime" } else { "tract" };
         let _ = writeln!(
             md,
