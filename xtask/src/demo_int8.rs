@@ -132,7 +132,8 @@ pub fn run(models: &[PathBuf], qforge: &Path, out_dir: &Path) -> Result<(String,
     let mut md = util::markdown_table(&header, &table);
     md += &format!(
         "\nCalibration and agreement on every photo of assets/photos in 4 views; both models of each \
-         comparison run by {}. FP16 = float layers TensorRT runs in FP16 with `--fp16`.\n",
+         comparison run by {}. Layer precisions as the written graph gives them (strongly typed for \
+         TensorRT 10/11: each layer runs in that precision; FP32 where a range or weight does not fit FP16).\n",
         if engine == "ort" { "ONNX Runtime" } else { "tract (ONNX Runtime not installed)" }
     );
     Ok((md, rows.iter().all(|r| r.ok)))
