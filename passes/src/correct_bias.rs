@@ -21,10 +21,10 @@
 //! the same upstream activation: `Conv(x, W)` beside `Conv(DQ(Q(x)), DQ(W_q))`,
 //! an extra float node per layer added to a copy of the graph for the
 //! measurement only, with the per-channel mean of the difference computed
-//! in the graph, so only a vector per layer is fetched. The shift measured is then this layer's own (its
-//! weight rounding and its input's quantization), all layers can be
-//! corrected at once, and a second round only mops up how the first
-//! changed the upstream activations.
+//! in the graph, so only a vector per layer is fetched. The shift measured
+//! is then this layer's own (its weight rounding and its input's
+//! quantization), all layers can be corrected at once, and a second round
+//! only mops up how the first changed the upstream activations.
 //!
 //! Each round's model is scored by its output SQNR against the float model
 //! on the same samples, and the best state (the uncorrected model included)
@@ -185,7 +185,7 @@ fn with_float_twins(g: &Graph, sites: &[Site]) -> Result<(Graph, Vec<String>), P
     Ok((aug, fetch))
 }
 
-/// What one run of a model gave: per-site, per-channel sums of its output
+/// What one run of a model gave: per-site, per-channel sums of its shift
 /// and element counts, and the graph outputs of each sample.
 struct Run {
     sums: Vec<Vec<f64>>,

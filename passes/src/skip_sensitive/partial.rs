@@ -46,7 +46,7 @@ pub fn downstream(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
 }
 
 /// What a trial runs: the nodes downstream of `changed`, plus the producers
-/// of two kinds of value they would read from outside:
+/// of three kinds of value they would read from outside:
 ///
 /// - shape arithmetic (non-float values other than quantized codes, and
 ///   `Shape` outputs): an engine such as tract needs a Reshape's target as
@@ -71,20 +71,10 @@ pub fn region(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
                 (g.dtype(v).is_some_and(|t| !t.is_float()) && !op_is(v, "QuantizeLinear")) || op_is(v, "Shape");
             let dequantized = g.producer_node(v).is_some_and(|p| {
                 let n = g.node(p);
-                n.is_op("DequantizeLinear")
-                    && n.input(0).is_some_and(|c| {
-                        !matches!(g.value(c).def(), ValueDef::Initializer | ValueDef::SparseInitializer)
-                    })
+                n.is_op("DequantizeLinear") && n.input(0).is_some_and(|c| !stored(g, c))
             });
-            // Computed from constants alone (a weight's DequantizeLinear):
-            // the same in every sample, so computed in the trial, never cached.
-            let from_constants = g.producer_node(v).is_some_and(|p| {
-                g.node(p)
-                    .inputs()
-                    .iter()
-                    .flatten()
-                    .all(|&c| matches!(g.value(c).def(), ValueDef::Initializer | ValueDef::SparseInitializer))
-            });
+            let from_constants =
+                g.producer_node(v).is_some_and(|p| g.node(p).inputs().iter().flatten().all(|&c| stored(g, c)));
             if let Some(p) = g.producer_node(v).filter(|_| shape_like || dequantized || from_constants) {
                 added |= d.insert(p);
             }
@@ -95,6 +85,11 @@ pub fn region(g: &Graph, changed: &[NodeId]) -> BTreeSet<NodeId> {
     }
 }
 
+/// Whether `v` is an initializer (checked without copying its data).
+fn stored(g: &Graph, v: ValueId) -> bool {
+    matches!(g.value(v).def(), ValueDef::Initializer | ValueDef::SparseInitializer)
+}
+
 /// Non-constant values that nodes of `d` read and no node of `d` produces,
 /// by name, in graph order (the sample input included when `d` reads it).
 pub fn boundary(g: &Graph, d: &BTreeSet<NodeId>) -> Vec<String> {
@@ -102,7 +97,7 @@ pub fn boundary(g: &Graph, d: &BTreeSet<NodeId>) -> Vec<String> {
     for n in g.nodes().filter(|n| d.contains(n)) {
         for &v in g.node(n).inputs().iter().flatten() {
             let inside = g.producer_node(v).is_some_and(|p| d.contains(&p));
-            let constant = matches!(g.value(v).def(), ValueDef::Initializer | ValueDef::SparseInitializer);
+            let constant = stored(g, v);
             let name = g.value_name(v);
             if !inside && !constant && !out.iter().any(|o| o == name) {
                 out.push(name.to_string());

@@ -360,6 +360,18 @@ fn qforge_engine_auto() -> &'static str {
     }
 }
 
+/// One run of [`other_models`].
+struct Case {
+    file: &'static str,
+    /// The TensorRT 8.6 form (`yolo-int8-trt8`, float rest FP32) instead of the default (FP16 rest).
+    trt8: bool,
+    /// qforge's arguments.
+    extra: Vec<&'static str>,
+    /// `sqnr.py`'s arguments.
+    sqnr_args: Vec<&'static str>,
+    inputs: &'static str,
+}
+
 /// yolo-int8 on the untrained YOLOv5n and on PicoDet: output SQNR vs FP32 with ONNX Runtime.
 fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
     let default_pipe = ctx.root.join("pipelines/yolo-int8.yaml");
@@ -370,15 +382,21 @@ fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
     // The skip-sensitive target is set for the embedded engine: measured with it too.
     let full_tract = ["--set", "skip-sensitive.samples=16", "--engine", "tract"];
     let v8 = "640×640 letterbox (as qforge calibrates); the raw torch export, random weights";
-    // The TensorRT 8.6 form (float rest FP32) beside the default (FP16 rest).
-    let full_trt8 = ["--pipeline-trt8", "--set", "skip-sensitive.samples=16", "--engine", "auto"];
-    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 5] = [
-        ("yolov8s-torch-export-random.onnx", full.to_vec(), vec![], v8),
-        ("yolov8s-torch-export-random.onnx", full_tract.to_vec(), vec![], v8),
-        ("yolov8s-torch-export-random.onnx", full_trt8.to_vec(), vec![], v8),
-        ("yolov5n-untrained-unfused-bn.onnx", samples.to_vec(), vec![], "640×640 letterbox (as qforge calibrates)"),
-        (
+    let case = |file, trt8, extra: Vec<&'static str>, sqnr_args, inputs| Case { file, trt8, extra, sqnr_args, inputs };
+    let cases = [
+        case("yolov8s-torch-export-random.onnx", false, full.to_vec(), vec![], v8),
+        case("yolov8s-torch-export-random.onnx", false, full_tract.to_vec(), vec![], v8),
+        case("yolov8s-torch-export-random.onnx", true, full.to_vec(), vec![], v8),
+        case(
+            "yolov5n-untrained-unfused-bn.onnx",
+            false,
+            samples.to_vec(),
+            vec![],
+            "640×640 letterbox (as qforge calibrates)",
+        ),
+        case(
             "picodet-layout-cdla.onnx",
+            false,
             [&samples[..], &["--set", "calibrate.data.letterbox=false"]].concat(),
             vec!["--resize"],
             "plain resize to 608×800 (W×H), /255; calibrated the same way (`calibrate.data.letterbox=false`)",
@@ -388,9 +406,7 @@ fn other_models(ctx: &Ctx, failed: &mut bool) -> Result<String> {
     let mut skip_line = String::new();
     // Output SQNR of the YOLOv8s export: (FP16 rest, FP32 rest), engine auto.
     let mut forms: (Option<f64>, Option<f64>) = (None, None);
-    for (file, extra, sqnr_args, inputs) in cases {
-        let trt8 = extra.first() == Some(&"--pipeline-trt8");
-        let extra: Vec<&str> = extra.into_iter().filter(|a| *a != "--pipeline-trt8").collect();
+    for Case { file, trt8, extra, sqnr_args, inputs } in cases {
         let pipe = if trt8 { &trt8_pipe } else { &default_pipe };
         let model = match measure::model(ctx, file) {
             Ok(m) => m,
