@@ -22,6 +22,7 @@ pub const BUILTIN_PIPELINES: &[(&str, &str)] = &[
     ("calibrate", include_str!("../pipelines/calibrate.yaml")),
     ("yolo-int8", include_str!("../pipelines/yolo-int8.yaml")),
     ("yolo-int8-trt8", include_str!("../pipelines/yolo-int8-trt8.yaml")),
+    ("yolo-int8-tuned", include_str!("../pipelines/yolo-int8-tuned.yaml")),
     ("rewrite-example", include_str!("../pipelines/rewrite-example.yaml")),
 ];
 

@@ -684,3 +684,63 @@ fn mse_weight_ranges_are_never_wider_than_max() {
         .unwrap_err();
     assert!(e.contains("weights_method") || e.contains("median"), "{e}");
 }
+
+/// `tune-ranges` on cases whose answer is known. A 1×1 Conv reads a
+/// tensor whose channel 0 lies in [-1, 1] and whose channel 1 is zero but
+/// for one ±100 in every other sample (4 values in 65536: beyond the
+/// 99.99th percentile), so `max` calibration gives it the range 100 and
+/// channel 0 a rounding step of 0.8. When the Conv ignores channel 1
+/// (weights [1, 0]), clipping the outliers costs nothing: the pass must
+/// narrow the range to about 1 and the output error must fall. When the
+/// Conv reads only channel 1 (weights [0, 1]), the outliers are the signal,
+/// which the range 100 represents exactly: it must stay.
+#[test]
+fn tune_ranges_clips_what_the_output_ignores_and_keeps_what_it_needs() {
+    let dir = common::tempdir();
+    let mut state = 12345u64;
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
+    };
+    for i in 0..8 {
+        let mut x = vec![0.0f32; 2 * 4096];
+        for v in x.iter_mut().take(4096) {
+            *v = 2.0 * next() - 1.0;
+        }
+        if i % 2 == 0 {
+            x[4096 + i * 97] = if i % 4 == 0 { 100.0 } else { -100.0 };
+        }
+        write_npy(&dir.path().join(format!("{i}.npy")), &[1, 2, 64, 64], &x).unwrap();
+    }
+    let npy = dir.path().to_str().unwrap();
+    let range = |g: &qforge_ir::Graph| -> f32 {
+        let q =
+            g.nodes().find(|&n| g.node(n).is_op("QuantizeLinear") && g.node(n).input(0) == g.find_value("x")).unwrap();
+        g.constant(g.node(q).input(1).unwrap()).unwrap().to_f32_vec().unwrap()[0] * 127.0
+    };
+    let run = |weights: &str| {
+        let text = format!(
+            "graph g {{\n  opset ai.onnx 13\n  input %x: f32[1,2,64,64]\n  init @w: f32[1,2,1,1] = [{weights}]\n  \
+             %y = Conv(%x, @w) {{kernel_shape=[1,1]}}  # conv\n  output %y\n}}\n"
+        );
+        let mut g = parse_graph(&text).unwrap();
+        let yaml = format!(
+            "passes:\n  - infer-shapes\n  - calibrate: {{method: max, data: {{npy: {npy:?}}}}}\n  \
+             - insert-qdq: {{exclude_tail: false}}\n  - tune-ranges: {{engine: tract}}\n"
+        );
+        let report = run_pipeline(&mut g, &yaml).unwrap();
+        qforge_ir::verify(&g).unwrap();
+        let notes = report.runs.iter().find(|r| r.name == "tune-ranges").unwrap().report.notes.clone();
+        (g, notes)
+    };
+    let (ignored, notes) = run("1.0, 0.0");
+    let r = range(&ignored);
+    assert!(r > 0.9 && r < 2.0, "range {r}; {notes:?}");
+    assert!(notes.iter().any(|n| n.contains(": kept")), "{notes:?}");
+    let (needed, notes) = run("0.0, 1.0");
+    assert_eq!(range(&needed), 100.0, "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("0 range(s) changed")), "{notes:?}");
+    let path = dir.path().join("tuned.onnx");
+    qforge_ir::save(&qforge_ir::Model::new(ignored), &path, &Default::default()).unwrap();
+    common::check_valid(&path, None);
+}

@@ -41,6 +41,7 @@ pub mod qdq_rules;
 mod registry;
 pub mod skip_sensitive;
 pub mod tensorrt;
+pub mod tune_ranges;
 pub mod util;
 
 pub use context::{AfterSave, Extensions, PassContext, PassError, PassReport, Tolerance};

@@ -12,7 +12,7 @@ use qforge_passes::{ManagerOptions, NumericsOptions, PassContext, PassManager, P
 /// Arguments of `qforge run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Pipeline: a YAML file, or the name of a built-in pipeline (fold, calibrate, yolo-int8, yolo-int8-trt8; `qforge passes --pipelines`).
+    /// Pipeline: a YAML file, or the name of a built-in pipeline (fold, calibrate, yolo-int8, yolo-int8-trt8, yolo-int8-tuned; `qforge passes --pipelines`).
     pipeline: String,
     /// Input ONNX model.
     #[arg(short, long)]

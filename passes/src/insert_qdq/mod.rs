@@ -13,7 +13,7 @@
 //! computed from their merged histograms. The detector's post-processing
 //! tail (no weighted op downstream) stays float by default.
 
-mod placement;
+pub(crate) mod placement;
 mod weights;
 
 use std::collections::{HashMap, HashSet};

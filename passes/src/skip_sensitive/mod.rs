@@ -19,10 +19,10 @@
 //! of `calibrate` when it made one, the `data` option's, or else the
 //! calibration samples (said in the report).
 
-mod judge;
-mod layers;
+pub(crate) mod judge;
+pub(crate) mod layers;
 mod local;
-mod partial;
+pub(crate) mod partial;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -177,7 +177,9 @@ fn cut(trial: &Graph, changed: &[NodeId], base: &BaseRun, sample_input: &str) ->
     let d = region(trial, changed);
     let mut c = trial.clone();
     for name in boundary(trial, &d) {
-        if name == sample_input {
+        // Graph inputs stay inputs: the sample, and any a caller feeds
+        // itself ([`Prepared::outputs_with`]).
+        if name == sample_input || trial.find_value(&name).is_some_and(|v| trial.is_graph_input(v)) {
             continue;
         }
         let i = *base.index.get(&name)?;
@@ -290,11 +292,29 @@ pub struct Prepared<'a> {
 impl Prepared<'_> {
     /// The trial's graph outputs on the judge's samples in `range`.
     pub fn outputs(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<HostTensor>>, PassError> {
+        self.outputs_with(range, &[])
+    }
+
+    /// [`Prepared::outputs`] of a trial with graph inputs of its own besides
+    /// the sample, fed `extra` (by name) on every sample.
+    pub fn outputs_with(
+        &self,
+        range: std::ops::Range<usize>,
+        extra: &[(String, HostTensor)],
+    ) -> Result<Vec<Vec<HostTensor>>, PassError> {
         let inputs = &self.judge.inputs[range.clone()];
         let s = &self.session;
         let rt = runtime(&self.what);
+        let own =
+            |n: &str, x: &HostTensor| extra.iter().find(|(e, _)| e == n).map_or_else(|| x.clone(), |(_, t)| t.clone());
         let Some((base, from_cut)) = &self.cut else {
-            return inputs.par_iter().map(|x| s.run(std::slice::from_ref(x)).map_err(&rt)).collect();
+            return inputs
+                .par_iter()
+                .map(|x| {
+                    let feed: Vec<HostTensor> = s.input_names().iter().map(|n| own(n, x)).collect();
+                    s.run(&feed).map_err(&rt)
+                })
+                .collect();
         };
         let run = |(k, x): (usize, &HostTensor)| -> Result<Vec<HostTensor>, PassError> {
             let feed: Vec<HostTensor> = s
@@ -302,7 +322,7 @@ impl Prepared<'_> {
                 .iter()
                 .map(|n| match n.strip_suffix(FED) {
                     Some(b) => base.values[k][base.index[b]].clone(),
-                    None => x.clone(),
+                    None => own(n, x),
                 })
                 .collect();
             let out = s.run(&feed).map_err(&rt)?;
