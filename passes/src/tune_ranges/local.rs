@@ -5,12 +5,18 @@
 //! plus beside each layer `c` that reads a group, a float twin (activations
 //! read before their Q/DQ, float weights of the model before `insert-qdq`)
 //! and, per candidate range, a copy of `c` whose input from the group is
-//! quantized with that range instead (its other inputs as deployed). Each
-//! copy's `ReduceSumSquare(copy − twin)` and each twin's
-//! `ReduceSumSquare(twin)` are the only values fetched, so a run costs a few
-//! times the model and copies out scalars. Everything upstream is quantized
-//! as deployed: the error a candidate is charged with is the one it would
-//! add to the model as it stands.
+//! quantized with that range instead (its other inputs as deployed; for the
+//! current range, the layer itself). Each copy's `Σ (copy − twin)² · |twin|`
+//! and each twin's `Σ twin² · |twin|` are the only values fetched, so a run
+//! costs a few times the model and copies out scalars. Everything upstream
+//! is quantized as deployed: the error a candidate is charged with is the
+//! one it would add to the model as it stands.
+//!
+//! Why `|twin|` weighs the error: a detector's evidence is in its large,
+//! sparse activations (where objects are), which clipping hits and plain
+//! MSE, summed over a mostly quiet feature map, underweighs. On nudenet the
+//! unweighted choice lost 2.3 dB on the boxes and 1.4 dB on the scores at
+//! the outputs; weighted, it kept the boxes and gained 1.1 dB on the scores.
 
 use std::collections::{BTreeMap, HashMap};
 
