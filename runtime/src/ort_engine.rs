@@ -15,7 +15,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use half::f16;
 use ort::session::Session as OrtInner;
@@ -24,7 +25,7 @@ use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use crate::host::{Data, HostTensor, TensorView, ViewData};
 use crate::{RuntimeError, SessionOptions, Signature};
 use qforge_ir::Model;
-use qforge_ir::proto::ValueInfoProto;
+use qforge_ir::proto::{AttributeProto, NodeProto, OperatorSetIdProto, ValueInfoProto};
 
 /// The environment variable naming the ONNX Runtime shared library.
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
@@ -112,10 +113,66 @@ fn is_library(p: &Path) -> bool {
 pub struct OrtSession {
     /// The model with the fetched tensors as outputs, to build more sessions.
     bytes: Vec<u8>,
-    idle: Mutex<Vec<OrtInner>>,
+    idle: Mutex<Vec<Inner>>,
     sig: Signature,
     /// Intra-op threads of each session (0: ONNX Runtime's default).
     threads: usize,
+    observer: Option<Arc<dyn crate::Observer>>,
+}
+
+/// One ONNX Runtime session of the pool, and the tag its observe nodes
+/// hand the observer (set before each run).
+struct Inner {
+    session: OrtInner,
+    tag: Arc<AtomicU64>,
+}
+
+/// The custom op domain of observe nodes ([`crate::Observe`]).
+const OBSERVE_DOMAIN: &str = "qforge.runtime";
+
+/// `qforge.runtime:Observe(x) -> y`: hands `x` to the observer with the
+/// node's `index` attribute and the session's current tag; `y` is one
+/// zero, made a graph output so the node is kept.
+struct ObserveOp {
+    observer: Arc<dyn crate::Observer>,
+    tag: Arc<AtomicU64>,
+}
+
+impl ort::operator::Operator for ObserveOp {
+    type Kernel<'attr> = ort::operator::BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "Observe"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        [ort::operator::OperatorInput::required(TensorElementType::Float32)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, kctx: &ort::operator::KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let index = kctx.get::<i64>("index").ok_or_else(|| ort::Error::new("Observe without an index"))? as usize;
+        let (observer, tag) = (self.observer.clone(), self.tag.clone());
+        Ok(Box::new(move |ctx: &ort::operator::ComputeContext| {
+            let x = ctx.input(0)?.ok_or_else(|| ort::Error::new("Observe without its input"))?;
+            let (shape, data) = x.try_extract_tensor::<f32>()?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            // An empty tensor may come with a null data pointer (see `from_ort`).
+            let data = if shape.contains(&0) { &[][..] } else { data };
+            observer.observe(tag.load(Ordering::SeqCst), index, &TensorView { shape, data: ViewData::F32(data) });
+            let mut y = ctx.output(0, [1usize])?.ok_or_else(|| ort::Error::new("Observe without its output"))?;
+            y.try_extract_tensor_mut::<f32>()?.1[0] = 0.0;
+            Ok(())
+        }))
+    }
+}
+
+/// Name of the graph output of observe node `index`.
+fn observe_output(index: usize) -> String {
+    format!("qforge_observed_{index}")
 }
 
 impl OrtSession {
@@ -138,15 +195,58 @@ impl OrtSession {
                 graph.output.push(ValueInfoProto { name: Some(name.clone()), ..Default::default() });
             }
         }
+        if let Some(o) = &opts.observe {
+            for (index, name) in o.tensors.iter().enumerate() {
+                let v = g.find_value(name).ok_or_else(|| {
+                    RuntimeError::BadInput(format!("tensor \"{name}\" to observe is not in the graph"))
+                })?;
+                // An unknown type is left to ONNX Runtime, which refuses
+                // anything but float32 for the node's input.
+                if g.dtype(v).is_some_and(|t| t != qforge_ir::DataType::F32) || sig.inputs.contains(name) {
+                    return Err(RuntimeError::BadInput(format!(
+                        "tensor \"{name}\" cannot be observed: only float32 tensors that are not inputs can"
+                    )));
+                }
+                graph.node.push(NodeProto {
+                    input: vec![name.clone()],
+                    output: vec![observe_output(index)],
+                    name: Some(format!("qforge_observe_{index}")),
+                    op_type: Some("Observe".into()),
+                    domain: Some(OBSERVE_DOMAIN.into()),
+                    attribute: vec![AttributeProto {
+                        name: Some("index".into()),
+                        r#type: Some(qforge_ir::proto::attribute_proto::AttributeType::Int as i32),
+                        i: Some(index as i64),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+                graph.output.push(ValueInfoProto { name: Some(observe_output(index)), ..Default::default() });
+            }
+            proto.opset_import.push(OperatorSetIdProto { domain: Some(OBSERVE_DOMAIN.into()), version: Some(1) });
+        }
         let bytes = prost::Message::encode_to_vec(&proto);
+        let observer = opts.observe.as_ref().map(|o| o.observer.clone());
         // The first session now, so a model ONNX Runtime refuses fails here.
-        let first = build(&bytes, opts.threads)?;
-        Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig, threads: opts.threads })
+        let first = build(&bytes, opts.threads, observer.as_ref())?;
+        Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig, threads: opts.threads, observer })
     }
 }
 
-fn build(bytes: &[u8], threads: usize) -> Result<OrtInner, RuntimeError> {
+fn build(bytes: &[u8], threads: usize, observer: Option<&Arc<dyn crate::Observer>>) -> Result<Inner, RuntimeError> {
+    let tag = Arc::new(AtomicU64::new(0));
     let mut builder = OrtInner::builder(environment()?).map_err(engine_err)?;
+    if let Some(observer) = observer {
+        let op = ObserveOp { observer: observer.clone(), tag: tag.clone() };
+        let domain = ort::operator::OperatorDomain::new(OBSERVE_DOMAIN).and_then(|d| d.add(op)).map_err(engine_err)?;
+        // Without the memory pattern, ONNX Runtime allocates each tensor
+        // when it is made and frees it when it is dead, instead of one block
+        // for the whole run: with observe nodes (which let it reuse buffers)
+        // that kept peak RSS flat (nudenet, 1x -> 8x the data: 187 -> 199 MB,
+        // where one block per run grew 209 -> 327 MB in the same sitting)
+        // and cut system time (YOLOv8s 1.3 -> 0.45 s).
+        builder = builder.with_operators(domain).map_err(engine_err)?.with_memory_pattern(false).map_err(engine_err)?;
+    }
     // No CPU memory arena: its blocks are kept at their high-water mark and
     // extended as they fragment, so peak RSS crept up with the number of
     // runs; plain malloc (tuned in `malloc`) stays flat.
@@ -168,6 +268,7 @@ fn build(bytes: &[u8], threads: usize) -> Result<OrtInner, RuntimeError> {
         .with_intra_threads(threads)
         .map_err(engine_err)?
         .commit_from_memory(bytes)
+        .map(|session| Inner { session, tag })
         .map_err(engine_err)
 }
 
@@ -247,7 +348,16 @@ impl crate::Session for OrtSession {
     }
 
     fn run_visit(&self, inputs: &[HostTensor], visit: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), RuntimeError> {
-        self.with_outputs(inputs, |out| {
+        self.run_tagged(inputs, 0, visit)
+    }
+
+    fn run_tagged(
+        &self,
+        inputs: &[HostTensor],
+        tag: u64,
+        visit: &mut dyn FnMut(&[TensorView<'_>]),
+    ) -> Result<(), RuntimeError> {
+        self.with_tagged_outputs(inputs, tag, |out| {
             let views = self
                 .sig
                 .outputs
@@ -271,6 +381,16 @@ impl OrtSession {
         inputs: &[HostTensor],
         f: impl FnOnce(&ort::session::SessionOutputs<'_>) -> Result<R, RuntimeError>,
     ) -> Result<R, RuntimeError> {
+        self.with_tagged_outputs(inputs, 0, f)
+    }
+
+    /// [`OrtSession::with_outputs`], observe nodes handing `tag` to the observer.
+    fn with_tagged_outputs<R>(
+        &self,
+        inputs: &[HostTensor],
+        tag: u64,
+        f: impl FnOnce(&ort::session::SessionOutputs<'_>) -> Result<R, RuntimeError>,
+    ) -> Result<R, RuntimeError> {
         self.sig.check(inputs)?;
         let feed: Vec<(String, DynValue)> =
             self.sig.inputs.iter().cloned().zip(inputs.iter().map(to_ort).collect::<Result<Vec<_>, _>>()?).collect();
@@ -278,9 +398,10 @@ impl OrtSession {
         let taken = self.idle.lock().map_err(|_| poisoned())?.pop();
         let mut session = match taken {
             Some(s) => s,
-            None => build(&self.bytes, self.threads)?,
+            None => build(&self.bytes, self.threads, self.observer.as_ref())?,
         };
-        let result = session.run(feed).map_err(engine_err).and_then(|out| f(&out));
+        session.tag.store(tag, Ordering::SeqCst);
+        let result = session.session.run(feed).map_err(engine_err).and_then(|out| f(&out));
         self.idle.lock().map_err(|_| poisoned())?.push(session);
         result
     }

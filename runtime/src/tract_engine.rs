@@ -29,6 +29,12 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct TractSession {
     plan: Plan,
     sig: Signature,
+    /// Observed tensors ([`crate::Observe`]): fetched after `sig.outputs`,
+    /// then handed over; (position among the fetched, index).
+    observed: Vec<(usize, usize)>,
+    /// Names of everything fetched: the outputs, then the observed tensors.
+    fetched: Vec<String>,
+    observer: Option<std::sync::Arc<dyn crate::Observer>>,
     /// Quantize → dequantize pairs run as one op ([`crate::tract_qdq`]);
     /// the tests read it.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -76,6 +82,16 @@ impl TractSession {
         fuse_pairs: bool,
     ) -> Result<TractSession, RuntimeError> {
         let sig = Signature::new(&model.graph, opts)?;
+        // Observed tensors are fetched too, after the outputs.
+        let mut fetch = sig.outputs.clone();
+        let mut observed = Vec::new();
+        for (index, name) in opts.observe.iter().flat_map(|o| o.tensors.iter()).enumerate() {
+            let at = fetch.iter().position(|n| n == name).unwrap_or_else(|| {
+                fetch.push(name.clone());
+                fetch.len() - 1
+            });
+            observed.push((at, index));
+        }
         let mut proto = qforge_ir::export(model);
         if fixups {
             let rewrites = crate::tract_fixups::plan(&model.graph);
@@ -97,7 +113,7 @@ impl TractSession {
                 let fact = InferenceFact::dt_shape(datum(*dt)?, shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
                 m.set_input_fact(i, fact).map_err(engine_err)?;
             }
-            m.select_outputs_by_name(&sig.outputs).map_err(engine_err)?;
+            m.select_outputs_by_name(&fetch).map_err(engine_err)?;
             let typed = m.into_typed().map_err(engine_err)?;
             check_sizes(&typed, opts.max_tensor_bytes)?;
             let mut optimized = typed.into_optimized().map_err(engine_err)?;
@@ -107,7 +123,8 @@ impl TractSession {
             }
             optimized.into_runnable().map_err(engine_err)
         })?;
-        Ok(TractSession { plan, sig, fused })
+        let observer = opts.observe.as_ref().map(|o| o.observer.clone());
+        Ok(TractSession { plan, sig, observed, fetched: fetch, observer, fused })
     }
 }
 
@@ -301,10 +318,19 @@ impl crate::Session for TractSession {
     }
 
     fn run_visit(&self, inputs: &[HostTensor], visit: &mut dyn FnMut(&[TensorView<'_>])) -> Result<(), RuntimeError> {
+        self.run_tagged(inputs, 0, visit)
+    }
+
+    fn run_tagged(
+        &self,
+        inputs: &[HostTensor],
+        tag: u64,
+        visit: &mut dyn FnMut(&[TensorView<'_>]),
+    ) -> Result<(), RuntimeError> {
         let out = self.outputs(inputs)?;
-        let views = out
+        let mut views = out
             .iter()
-            .zip(&self.sig.outputs)
+            .zip(&self.fetched)
             .map(|(t, n)| {
                 if t.datum_type() == f32::datum_type() {
                     let data = t.try_as_plain_ram().map_err(engine_err)?.as_slice::<f32>().map_err(engine_err)?;
@@ -314,6 +340,14 @@ impl crate::Session for TractSession {
                 Ok(TensorView { shape: h.shape, data: ViewData::Owned(h.data) })
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
+        if let Some(observer) = &self.observer {
+            for &(at, index) in &self.observed {
+                if let Some(v) = views.get(at) {
+                    observer.observe(tag, index, v);
+                }
+            }
+        }
+        views.truncate(self.sig.outputs.len());
         visit(&views);
         Ok(())
     }

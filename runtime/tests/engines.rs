@@ -76,3 +76,56 @@ fn a_tensor_that_is_not_in_the_graph_is_a_clear_error() {
     let e = session(&Model::new(g), &opts).err().expect("must fail").to_string();
     assert!(e.contains("\"nope\""), "{e}");
 }
+
+/// What an observer got: (tag, index, values), in arrival order.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<(u64, usize, Vec<f32>)>>);
+
+impl qforge_runtime::Observer for Seen {
+    fn observe(&self, tag: u64, index: usize, t: &qforge_runtime::TensorView<'_>) {
+        self.0.lock().unwrap().push((tag, index, t.as_f32().unwrap().to_vec()));
+    }
+}
+
+/// Observed tensors reach the observer, once per run, with the run's tag and
+/// the values a fetch of the same tensors returns; the fetched outputs are
+/// unchanged; a tensor that is not float32 cannot be observed (ONNX Runtime).
+
+#[test]
+fn observed_tensors_are_the_fetched_ones_on_both_engines() {
+    if !have_ort("observed_tensors_are_the_fetched_ones_on_both_engines") {
+        return;
+    }
+    let x = random_inputs(&[("x".into(), vec![1, 3, 8, 8], qforge_ir::DataType::F32)], 9).remove(0);
+    let watched = ["r", "c", "d"];
+    for engine in [Engine::Tract, Engine::Ort] {
+        let want = run(engine, &watched, &x);
+        let seen = std::sync::Arc::new(Seen::default());
+        let observe = qforge_runtime::Observe {
+            tensors: watched.iter().map(|s| s.to_string()).collect(),
+            observer: seen.clone(),
+        };
+        let opts = SessionOptions { outputs: vec!["y".into()], observe: Some(observe), engine, ..Default::default() };
+        let s = session(&Model::new(parse_graph(GRAPH).unwrap()), &opts).unwrap_or_else(|e| panic!("{engine}: {e}"));
+        assert_eq!(s.output_names(), ["y"]);
+        let y = run(engine, &["y"], &x).remove(0);
+        for tag in [5u64, 6] {
+            let mut got = None;
+            s.run_tagged(std::slice::from_ref(&x), tag, &mut |outs| got = Some(outs[0].to_host())).unwrap();
+            assert_eq!(got.as_ref(), Some(&y), "{engine}: the fetched output");
+        }
+        let mut seen = std::mem::take(&mut *seen.0.lock().unwrap());
+        seen.sort_by_key(|(tag, index, _)| (*tag, *index));
+        let expected: Vec<(u64, usize)> =
+            [5u64, 6].iter().flat_map(|&t| (0..watched.len()).map(move |i| (t, i))).collect();
+        assert_eq!(seen.iter().map(|(t, i, _)| (*t, *i)).collect::<Vec<_>>(), expected, "{engine}");
+        for (_, index, values) in &seen {
+            assert_eq!(values.as_slice(), want[*index].as_f32().unwrap(), "{engine}: {}", watched[*index]);
+        }
+    }
+    let observe = qforge_runtime::Observe { tensors: vec!["q".into()], observer: std::sync::Arc::new(Seen::default()) };
+    let opts = SessionOptions { observe: Some(observe), engine: Engine::Ort, ..Default::default() };
+    let e = session(&Model::new(parse_graph(GRAPH).unwrap()), &opts).err().expect("an int8 tensor").to_string();
+    // The graph does not declare q's type, so ONNX Runtime refuses it.
+    assert!(e.contains("(q)") && e.contains("Observe"), "{e}");
+}

@@ -1,24 +1,26 @@
 //! Runs the model over a data set and streams the requested tensors into
 //! per-tensor histograms.
 //!
-//! One run per sample fetches every requested tensor at once, and they are
-//! folded into their histograms straight from the engine's output buffers
-//! ([`qforge_runtime::Session::run_visit`]): no copy of the activations is
-//! made, so memory holds only the samples in flight (one per worker),
-//! whatever the size of the data set. There is one worker per core, each
-//! with its own single-threaded run: while one worker folds its sample in,
-//! the others run theirs. Samples are folded in in sample order (a turn
-//! passed from one to the next), so the result does not depend on the
-//! number of threads.
+//! One run per sample computes every requested tensor, and each is folded
+//! into its histogram straight from the engine's buffer, with no copy: the
+//! float tensors are observed ([`qforge_runtime::Observe`]), handed over by
+//! the engine the moment they are computed (with ONNX Runtime, while still
+//! in cache, and its buffer is then reused for later tensors); the others
+//! are fetched and folded after the run
+//! ([`qforge_runtime::Session::run_tagged`]). Memory holds only the samples
+//! in flight (one per worker), whatever the size of the data set. There is
+//! one worker per core, each with its own single-threaded run. Every
+//! histogram takes the samples in sample order (each tensor has its own
+//! turn), so the result does not depend on the number of threads.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use qforge_ir::{Graph, ValueId};
-use qforge_runtime::{DataError, Dataset, Engine, HostTensor, SessionOptions, TensorView};
+use qforge_runtime::{DataError, Dataset, Engine, HostTensor, Observe, Observer, SessionOptions, TensorView};
 
 use super::histogram::Histogram;
 use crate::PassError;
@@ -35,10 +37,94 @@ pub struct Collected {
     pub not_float: Vec<ValueId>,
     /// Wall time of the whole collection.
     pub seconds: f64,
+    /// Where the time went ([`Phases`]).
+    pub phases: Phases,
     /// The graph outputs of the first samples (`None` past
     /// [`CollectOptions::keep_outputs`] or for a skipped sample), so later
     /// analyses compare against the float model without running it again.
     pub outputs: Vec<Option<Vec<HostTensor>>>,
+}
+
+/// Where a collection's time went, in seconds: opening the model once
+/// (wall), then per sample summed over the workers (so with two workers
+/// they can add up to twice the wall time).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    /// Preparing the model in the engine (session creation).
+    pub open: f64,
+    /// Tensors handed over during the runs.
+    pub observed: usize,
+    /// Tensors fetched after the runs.
+    pub fetched: usize,
+    /// Loading samples: decoding photos, views, letterbox, normalising.
+    pub load: (f64, f64),
+    /// The engine's runs, handing back the fetched tensors included.
+    pub run: (f64, f64),
+    /// Waiting for the earlier samples to be folded in.
+    pub wait: (f64, f64),
+    /// Folding the fetched tensors into the histograms (and keeping outputs).
+    pub fold: (f64, f64),
+}
+
+impl Phases {
+    /// One line for the pass notes.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} tensors observed during the runs, {} fetched; open {:.2} s; summed over the workers (wall/cpu): load {:.2}/{:.2} s, engine runs {:.2}/{:.2} s, fold {:.2}/{:.2} s, waiting for turn {:.2}/{:.2} s",
+            self.observed,
+            self.fetched,
+            self.open,
+            self.load.0,
+            self.load.1,
+            self.run.0,
+            self.run.1,
+            self.fold.0,
+            self.fold.1,
+            self.wait.0,
+            self.wait.1
+        )
+    }
+}
+
+/// Nanoseconds summed from several threads: wall and this thread's CPU.
+#[derive(Default)]
+struct Clock(AtomicU64, AtomicU64);
+
+/// A start for [`Clock::add`].
+#[derive(Clone, Copy)]
+struct Start(Instant, u64);
+
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// CPU seconds of the whole process so far.
+pub fn process_cpu() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+fn now() -> Start {
+    Start(Instant::now(), thread_cpu_ns())
+}
+
+impl Clock {
+    fn add(&self, since: Start) {
+        self.0.fetch_add(since.0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.1.fetch_add(thread_cpu_ns().saturating_sub(since.1), Ordering::Relaxed);
+    }
+    fn sub(&self, wall: u64, cpu: u64) {
+        self.0.fetch_sub(wall, Ordering::Relaxed);
+        self.1.fetch_sub(cpu, Ordering::Relaxed);
+    }
+    fn seconds(&self) -> (f64, f64) {
+        (self.0.load(Ordering::Relaxed) as f64 * 1e-9, self.1.load(Ordering::Relaxed) as f64 * 1e-9)
+    }
 }
 
 /// Settings of a collection run.
@@ -80,58 +166,109 @@ pub fn collect(
             inputs.iter().map(|&v| g.value_name(v)).collect::<Vec<_>>().join(", ")
         )));
     };
-    // The input itself is read from the feed; everything else is fetched,
-    // the graph outputs after the targets (once, even when one is both).
-    let fetched: Vec<ValueId> = targets.iter().copied().filter(|&v| v != input).collect();
-    let mut names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
-    let output_fetch: Vec<usize> = g
-        .outputs()
+    // The input itself is read from the feed. Float tensors that are not
+    // graph outputs are observed: the engine hands each one over as it is
+    // computed (ONNX Runtime: while in cache, its buffer then reused; see
+    // `qforge_runtime::Observe`). The rest is fetched, the graph outputs
+    // after the targets (once, even when one is both).
+    let is_output = |v: ValueId| g.outputs().iter().any(|p| p.value == v);
+    // A model without value_info: the types `infer-shapes` finds (on a
+    // copy). A tensor whose type stays unknown is tried too: if ONNX
+    // Runtime finds one that is not float32, everything is fetched.
+    let typed = targets.iter().any(|&v| g.dtype(v).is_none()).then(|| {
+        let mut t = g.clone();
+        let _ =
+            crate::Pass::run(&crate::builtin::infer_shapes::InferShapes::default(), &mut t, &mut Default::default());
+        t
+    });
+    let dtype = |v: ValueId| typed.as_ref().map_or_else(|| g.dtype(v), |t| t.dtype(v));
+    let observable: Vec<ValueId> = targets
         .iter()
-        .map(|p| {
-            let name = g.value_name(p.value).to_string();
-            names.iter().position(|n| *n == name).unwrap_or_else(|| {
-                names.push(name);
-                names.len() - 1
-            })
-        })
+        .copied()
+        .filter(|&v| v != input && !is_output(v) && matches!(dtype(v), Some(qforge_ir::DataType::F32) | None))
         .collect();
+    drop(typed);
+    let slot_of = |v: &ValueId| targets.iter().position(|t| t == v).unwrap_or(0);
+    let input_slot = targets.iter().position(|&t| t == input);
+    let (load_clock, run_clock) = (Clock::default(), Clock::default());
+    let slots = Arc::new(Slots {
+        slots: targets
+            .iter()
+            .map(|_| {
+                (Mutex::new(Slot { next: 0, histogram: Histogram::new(opts.bins), not_float: false }), Condvar::new())
+            })
+            .collect(),
+        slot_of_observed: observable.iter().map(slot_of).collect(),
+        wait: Clock::default(),
+        fold: Clock::default(),
+    });
     let mut shapes = std::collections::BTreeMap::new();
     shapes.insert(g.value_name(input).to_string(), input_shape.to_vec());
-    let session = crate::numerics::open_session(
-        g,
-        // Samples run concurrently, one thread each (see `SessionOptions::threads`).
-        &SessionOptions { outputs: names, input_shapes: shapes, engine: opts.engine, threads: 1, ..Default::default() },
-    )
-    .map_err(runtime_err("preparing the model for calibration"))?;
-
-    let slot_of_fetched: Vec<usize> =
-        fetched.iter().map(|v| targets.iter().position(|t| t == v).unwrap_or(0)).collect();
-    let input_slot = targets.iter().position(|&t| t == input);
+    let opened = Instant::now();
+    // The session observing `observed` and fetching the other targets and
+    // the graph outputs; with which tensors it fetches, and where the graph
+    // outputs are among them.
+    let open = |observed: &[ValueId]| {
+        let fetched: Vec<ValueId> = targets.iter().copied().filter(|&v| v != input && !observed.contains(&v)).collect();
+        let mut names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
+        let output_fetch: Vec<usize> = g
+            .outputs()
+            .iter()
+            .map(|p| {
+                let name = g.value_name(p.value).to_string();
+                names.iter().position(|n| *n == name).unwrap_or_else(|| {
+                    names.push(name);
+                    names.len() - 1
+                })
+            })
+            .collect();
+        let observe = (!observed.is_empty()).then(|| Observe {
+            tensors: observed.iter().map(|&v| g.value_name(v).to_string()).collect(),
+            observer: slots.clone() as Arc<dyn Observer>,
+        });
+        let session = crate::numerics::open_session(
+            g,
+            // Samples run concurrently, one thread each (see `SessionOptions::threads`).
+            &SessionOptions {
+                outputs: names,
+                observe,
+                input_shapes: shapes.clone(),
+                engine: opts.engine,
+                threads: 1,
+                ..Default::default()
+            },
+        );
+        session.map(|s| (s, fetched, output_fetch))
+    };
+    let (session, fetched, output_fetch, n_observed) = match open(&observable) {
+        Ok((s, f, o)) => (s, f, o, observable.len()),
+        Err(_) if !observable.is_empty() => {
+            let (s, f, o) = open(&[]).map_err(runtime_err("preparing the model for calibration"))?;
+            (s, f, o, 0)
+        }
+        Err(e) => return Err(runtime_err("preparing the model for calibration")(e)),
+    };
+    let n_fetched = fetched.len();
+    let slot_of_fetched: Vec<usize> = fetched.iter().map(slot_of).collect();
+    let open_seconds = opened.elapsed().as_secs_f64();
 
     let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(data.len() as u64) };
     bar.set_style(
         ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} images, {per_sec}, ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let folded = Mutex::new(Folded {
-        next: 0,
-        histograms: targets.iter().map(|_| Histogram::new(opts.bins)).collect(),
-        not_float: vec![false; targets.len()],
-        samples: 0,
-        skipped: Vec::new(),
-        kept: Vec::new(),
-        kept_bytes: 0,
-        error: None,
-    });
+    let folded =
+        Mutex::new(Folded { next: 0, samples: 0, skipped: Vec::new(), kept: Vec::new(), kept_bytes: 0, error: None });
     let turns = Condvar::new();
     let next_sample = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let workers = rayon::current_num_threads().clamp(1, data.len().max(1));
-    // Each worker takes the next sample, loads it, runs it, and folds the
-    // fetched tensors into the histograms straight from the engine's
-    // buffers when the samples before it are folded in. So one core folds
-    // while the others run, and only one sample's tensors per worker are
-    // ever alive.
+    // Each worker takes the next sample, loads it and runs it. Every
+    // tensor's histogram takes the samples in sample order (each has its
+    // own turn, `Slots`), whichever worker ran them, so the result does not
+    // depend on the number of threads; a worker only waits when it catches
+    // up with the sample before it on the same tensor. Only the samples in
+    // flight (one per worker) are ever alive, whatever the size of the data.
     let work = || {
         // `stop`, not the mutex: a worker must not wait for another's fold
         // before starting its next sample.
@@ -141,21 +278,33 @@ pub fn collect(
                 break;
             }
             let turn = Turn { index: i, folded: &folded, turns: &turns };
+            // A sample that is not run still takes its turn on every tensor.
+            let pass = || slots.pass_all(i);
             if let Err(e) = crate::interrupt::check() {
+                pass();
                 stop.store(true, Ordering::SeqCst);
                 turn.take().error.get_or_insert(e);
                 continue;
             }
-            let x = match data.load(i) {
+            let loading = now();
+            let loaded = data.load(i);
+            load_clock.add(loading);
+            let x = match loaded {
                 Ok(x) => x,
                 Err(e) => {
+                    pass();
                     if turn.take().fail(e, opts.keep_outputs, &bar) {
                         stop.store(true, Ordering::SeqCst);
                     }
                     continue;
                 }
             };
-            let mut fold = |outs: &[TensorView<'_>]| {
+            let mut visit = |outs: &[TensorView<'_>]| {
+                let input_view = TensorView::of(&x);
+                let jobs = outs.iter().enumerate().filter_map(|(k, t)| slot_of_fetched.get(k).map(|&s| (s, t)));
+                for (s, t) in jobs.chain(input_slot.map(|s| (s, &input_view))) {
+                    slots.fold(s, i, t);
+                }
                 let mut f = turn.take();
                 f.samples += 1;
                 if f.kept.len() < opts.keep_outputs {
@@ -165,20 +314,26 @@ pub fn collect(
                     let keep = f.kept_bytes <= KEPT_OUTPUT_BYTES && o.len() == output_fetch.len();
                     f.kept.push(keep.then_some(o));
                 }
-                let Folded { histograms, not_float, .. } = &mut *f;
-                let input_view = TensorView::of(&x);
-                let jobs = outs.iter().enumerate().filter_map(|(k, t)| slot_of_fetched.get(k).map(|&s| (s, t)));
-                for (s, t) in jobs.chain(input_slot.map(|s| (s, &input_view))) {
-                    match t.as_f32() {
-                        Some(xs) => histograms[s].add(xs),
-                        None => not_float[s] = true,
-                    }
-                }
             };
-            if let Err(e) = session.run_visit(std::slice::from_ref(&x), &mut fold) {
+            let running = now();
+            let before = IN_SLOTS.with(|t| t.get());
+            let ran = session.run_tagged(std::slice::from_ref(&x), i as u64, &mut visit);
+            run_clock.add(running);
+            // The engine's time, without the folds it called and the visit.
+            let after = IN_SLOTS.with(|t| t.get());
+            run_clock.sub(after.0 - before.0, after.1 - before.1);
+            if let Err(e) = ran {
+                // Tensors observed before the failure are in their
+                // histograms already: then the collection cannot go on.
+                let partial = slots.pass_all(i);
                 let e =
                     DataError::Sample { path: data.path(i).to_path_buf(), reason: format!("running the model: {e}") };
-                if turn.take().fail(e, opts.keep_outputs, &bar) {
+                let mut f = turn.take();
+                if partial {
+                    f.error
+                        .get_or_insert_with(|| PassError::msg(format!("{e} (after part of the sample was counted)")));
+                    stop.store(true, Ordering::SeqCst);
+                } else if f.fail(e, opts.keep_outputs, &bar) {
                     stop.store(true, Ordering::SeqCst);
                 }
             }
@@ -193,8 +348,8 @@ pub fn collect(
         work();
     });
     bar.finish_and_clear();
-    let Folded { histograms, not_float, samples, skipped, kept, error, .. } =
-        folded.into_inner().unwrap_or_else(PoisonError::into_inner);
+    drop(session);
+    let Folded { samples, skipped, kept, error, .. } = folded.into_inner().unwrap_or_else(PoisonError::into_inner);
     if let Some(e) = error {
         return Err(e);
     }
@@ -205,22 +360,129 @@ pub fn collect(
             skipped.first().map(String::as_str).unwrap_or("none")
         )));
     }
+    let slots = Arc::into_inner(slots).ok_or_else(|| PassError::msg("calibration: the engine kept its observer"))?;
+    let (histograms, not_float): (Vec<Histogram>, Vec<bool>) = slots
+        .slots
+        .into_iter()
+        .map(|(m, _)| {
+            let s = m.into_inner().unwrap_or_else(PoisonError::into_inner);
+            (s.histogram, s.not_float)
+        })
+        .unzip();
+    let (wait, fold) = (slots.wait.seconds(), slots.fold.seconds());
     Ok(Collected {
         histograms,
         samples,
         skipped,
         not_float: targets.iter().zip(not_float).filter(|(_, nf)| *nf).map(|(&v, _)| v).collect(),
         seconds: start.elapsed().as_secs_f64(),
+        phases: Phases {
+            open: open_seconds,
+            observed: n_observed,
+            fetched: n_fetched,
+            load: load_clock.seconds(),
+            run: run_clock.seconds(),
+            wait,
+            fold,
+        },
         outputs: kept,
     })
+}
+
+thread_local! {
+    /// Wall and CPU nanoseconds this thread spent in [`Slots::fold`].
+    static IN_SLOTS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Adds the time from its start to its drop to [`IN_SLOTS`].
+struct Spent(Start);
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        let (w, c) = (self.0.0.elapsed().as_nanos() as u64, thread_cpu_ns().saturating_sub(self.0.1));
+        IN_SLOTS.with(|t| t.set((t.get().0 + w, t.get().1 + c)));
+    }
+}
+
+/// One tensor's histogram and its turn: the sample it takes next.
+struct Slot {
+    next: usize,
+    histogram: Histogram,
+    not_float: bool,
+}
+
+/// Every requested tensor's [`Slot`] (with its condition variable), and
+/// the observer that folds observed tensors into them during the runs.
+struct Slots {
+    slots: Vec<(Mutex<Slot>, Condvar)>,
+    /// Slot of each observed tensor, by its index in [`Observe::tensors`].
+    slot_of_observed: Vec<usize>,
+    /// Time spent waiting for turns and folding during the runs.
+    wait: Clock,
+    fold: Clock,
+}
+
+impl Slots {
+    /// Slot `s` once every sample before `i` has taken its turn there.
+    fn turn(&self, s: usize, i: usize) -> MutexGuard<'_, Slot> {
+        let (m, cv) = &self.slots[s];
+        let mut slot = m.lock().unwrap_or_else(PoisonError::into_inner);
+        while slot.next < i {
+            slot = cv.wait(slot).unwrap_or_else(PoisonError::into_inner);
+        }
+        slot
+    }
+
+    /// Folds sample `i`'s value of tensor `s` in, in its turn.
+    fn fold(&self, s: usize, i: usize, t: &TensorView<'_>) {
+        let waiting = now();
+        let _spent = Spent(waiting);
+        let mut slot = self.turn(s, i);
+        self.wait.add(waiting);
+        let folding = now();
+        if slot.next == i {
+            match t.as_f32() {
+                Some(xs) => slot.histogram.add(xs),
+                None => slot.not_float = true,
+            }
+            slot.next = i + 1;
+        }
+        drop(slot);
+        self.slots[s].1.notify_all();
+        self.fold.add(folding);
+    }
+
+    /// Lets sample `i` take its turn on every tensor without adding
+    /// anything where it has not been folded in; returns whether some
+    /// tensor had it already.
+    fn pass_all(&self, i: usize) -> bool {
+        let mut had = false;
+        for s in 0..self.slots.len() {
+            let mut slot = self.turn(s, i);
+            if slot.next == i {
+                slot.next = i + 1;
+            } else {
+                had = true;
+            }
+            drop(slot);
+            self.slots[s].1.notify_all();
+        }
+        had
+    }
+}
+
+impl Observer for Slots {
+    fn observe(&self, tag: u64, index: usize, t: &TensorView<'_>) {
+        if let Some(&s) = self.slot_of_observed.get(index) {
+            self.fold(s, tag as usize, t);
+        }
+    }
 }
 
 /// What the samples folded so far produced (behind the collection's mutex).
 struct Folded {
     /// The sample whose turn it is to be folded in.
     next: usize,
-    histograms: Vec<Histogram>,
-    not_float: Vec<bool>,
     samples: u64,
     skipped: Vec<String>,
     kept: Vec<Option<Vec<HostTensor>>>,

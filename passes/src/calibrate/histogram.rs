@@ -553,8 +553,27 @@ const MSE_LANES: usize = 8;
 /// longer wait on each other and the compiler vectorizes across them.
 #[inline(always)]
 fn mse_bin_body(counts: &[f64]) -> Option<usize> {
-    // Scores do not depend on the width: work in units of one bin.
     let mut best: Option<(f64, usize)> = None;
+    mse_scores(counts, |i, e| {
+        if best.is_none_or(|(b, _)| e < b) {
+            best = Some((e, i));
+        }
+    });
+    best.map(|(_, i)| i)
+}
+
+/// Hands `score(i, error)` the quantization error of every candidate bin
+/// `i` in order (see [`mse_bin_body`]).
+///
+/// Bins past a candidate's clipping point all quantize to 127: their error
+/// is `(127 / s − x)²` with `127 / s` the same for all of them, so from the
+/// first bin where every candidate of the block clips (the rounding is
+/// monotone in the bin), the block drops the rounding and the division,
+/// which were most of the work. `127 / s` is computed as the full path
+/// computes it, so every score is bit for bit the same.
+#[inline(always)]
+fn mse_scores(counts: &[f64], mut score: impl FnMut(usize, f64)) {
+    // Scores do not depend on the width: work in units of one bin.
     let n = counts.len();
     let mut first = START_BIN;
     while first < n {
@@ -563,8 +582,17 @@ fn mse_bin_body(counts: &[f64]) -> Option<usize> {
         for (j, s) in scale.iter_mut().enumerate().take(lanes) {
             *s = QMAX / ((first + j) as f64 + 0.5);
         }
+        let clip: [f64; MSE_LANES] = std::array::from_fn(|j| QMAX / scale[j]);
+        // The first bin where the block's last real candidate (the smallest
+        // scale) rounds to 127; every other candidate clips there too.
+        let clips = |k: usize| ((k as f64 + 0.5) * scale[lanes - 1]).round_ties_even() >= QMAX;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if clips(mid) { hi = mid } else { lo = mid + 1 }
+        }
         let mut err = [0.0f64; MSE_LANES];
-        for (k, &c) in counts.iter().enumerate() {
+        for (k, &c) in counts.iter().enumerate().take(lo) {
             if c != 0.0 {
                 let x = k as f64 + 0.5;
                 for j in 0..MSE_LANES {
@@ -573,14 +601,20 @@ fn mse_bin_body(counts: &[f64]) -> Option<usize> {
                 }
             }
         }
-        for (j, &e) in err.iter().enumerate().take(lanes) {
-            if best.is_none_or(|(b, _)| e < b) {
-                best = Some((e, first + j));
+        for (k, &c) in counts.iter().enumerate().skip(lo) {
+            if c != 0.0 {
+                let x = k as f64 + 0.5;
+                for j in 0..MSE_LANES {
+                    let d = clip[j] - x;
+                    err[j] += c * d * d;
+                }
             }
+        }
+        for (j, &e) in err.iter().enumerate().take(lanes) {
+            score(first + j, e);
         }
         first += MSE_LANES;
     }
-    best.map(|(_, i)| i)
 }
 
 /// The KL threshold `i` (amax = `edges[i]`), or `None` with < 128 bins.
@@ -608,7 +642,19 @@ fn entropy_bin(counts: &[f64]) -> Option<usize> {
     }
     let total = c[n];
     let mut best = (f64::INFINITY, n);
+    // ln(S_L / nz_L) depends only on the level's bins [a, b): the same
+    // levels come back for many candidates, so each logarithm is computed
+    // once (the same expression, so the same value). A candidate `i` has
+    // levels of `⌊i/128⌋` and `⌈i/128⌉` bins; `ln_by_start[w - width]`
+    // holds those of `w` bins by their first bin (NaN: not yet computed).
+    let mut width = START_BIN / LEVELS;
+    let mut ln_by_start = [vec![f64::NAN; n + 1], vec![f64::NAN; n + 1]];
     for i in START_BIN..=n {
+        if i / LEVELS > width {
+            width = i / LEVELS;
+            ln_by_start.swap(0, 1);
+            ln_by_start[1].fill(f64::NAN);
+        }
         let outliers = total - c[i];
         let last = bins[i - 1];
         let kl = if c[i] == 0.0 || total == 0.0 || (outliers > 0.0 && last == 0.0) {
@@ -620,7 +666,11 @@ fn entropy_bin(counts: &[f64]) -> Option<usize> {
                 let (a, b) = ((l * i).div_ceil(LEVELS), ((l + 1) * i).div_ceil(LEVELS));
                 let (sum, count) = (c[b] - c[a], nz[b] - nz[a]);
                 if count > 0 {
-                    let lnq = (sum / f64::from(count)).ln();
+                    let cached = &mut ln_by_start[b - a - width][a];
+                    if cached.is_nan() {
+                        *cached = (sum / f64::from(count)).ln();
+                    }
+                    let lnq = *cached;
                     weighted += sum * lnq;
                     if (a..b).contains(&(i - 1)) {
                         q_last = lnq;
@@ -1082,12 +1132,13 @@ mod tests {
     }
 
     /// The lane-blocked search scores each candidate bit for bit as one
-    /// candidate at a time would, so it picks the same bin, ties included
-    /// (the first minimum), whatever the length modulo the lane count.
+    /// candidate at a time would (the clipped bins' shortcut included), so
+    /// it picks the same bin, ties included (the first minimum), whatever
+    /// the length modulo the lane count.
     #[test]
     fn mse_search_in_lanes_is_the_one_at_a_time_search() {
-        fn one_at_a_time(counts: &[f64]) -> Option<usize> {
-            let mut best: Option<(f64, usize)> = None;
+        fn one_at_a_time(counts: &[f64]) -> Vec<(usize, f64)> {
+            let mut scores = Vec::new();
             for i in START_BIN..counts.len() {
                 let scale = QMAX / (i as f64 + 0.5);
                 let mut err = 0.0;
@@ -1098,22 +1149,31 @@ mod tests {
                         err += c * d * d;
                     }
                 }
-                if best.is_none_or(|(e, _)| err < e) {
-                    best = Some((err, i));
-                }
+                scores.push((i, err));
             }
-            best.map(|(_, i)| i)
+            scores
         }
         let mut cases: Vec<Vec<f64>> = Vec::new();
         for xs in [gaussian(20_000, 7), laplace_outliers(20_000, 8), relu(20_000, 9)] {
             cases.push(hist_of(&xs).counts().to_vec());
         }
-        for len in [0, 100, 128, 129, 135, 136, 137, 300] {
+        for len in [0, 100, 128, 129, 135, 136, 137, 300, 2048] {
             cases.push((0..len).map(|k| if k % 3 == 0 { 0.0 } else { ((k * 7919) % 23) as f64 }).collect());
         }
         cases.push(vec![1.0; 200]);
         for counts in cases {
             let want = one_at_a_time(&counts);
+            let mut got = Vec::new();
+            mse_scores(&counts, |i, e| got.push((i, e)));
+            assert_eq!(got.len(), want.len(), "{} bins", counts.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.0 == w.0 && g.1.to_bits() == w.1.to_bits(), "{} bins: {g:?} vs {w:?}", counts.len());
+            }
+            let first_min = want.iter().fold(None, |b: Option<(usize, f64)>, &(i, e)| match b {
+                Some((_, be)) if e >= be => b,
+                _ => Some((i, e)),
+            });
+            let want = first_min.map(|(i, _)| i);
             assert_eq!(mse_bin_body(&counts), want, "{} bins", counts.len());
             assert_eq!(mse_bin(&counts), want, "{} bins (dispatched)", counts.len());
         }

@@ -384,8 +384,10 @@ impl Pass for Calibrate {
         if !matches!(self.weights, MethodName::Max | MethodName::Percentile | MethodName::Mse) {
             return Err(PassError::msg("weights must be max, percentile or mse"));
         }
+        let started = std::time::Instant::now();
         let shape = self.input_shape(g, cx)?;
         let (data, holdout) = self.dataset(&shape)?;
+        let listing = started.elapsed().as_secs_f64();
         let targets = match self.tensors {
             TensorSet::Quantizable => activation_targets(g),
             TensorSet::All => all_float_activations(g),
@@ -415,6 +417,7 @@ impl Pass for Calibrate {
         let mut zero = Vec::new();
         let (mut only_non_finite, mut nothing) = (Vec::new(), Vec::new());
         let (mut nan, mut inf) = (0u64, 0u64);
+        let ranging = (std::time::Instant::now(), collect::process_cpu());
         // The searches (entropy, mse) cost tens of ms per tensor: run them in parallel.
         let amaxes: Vec<f32> = col.histograms.par_iter().map(|h| compute_amax(h, method)).collect();
         for ((&v, h), amax) in targets.iter().zip(col.histograms).zip(amaxes) {
@@ -448,6 +451,7 @@ impl Pass for Calibrate {
                 table.weights.insert(w, WeightRange { axis, amax });
             }
         }
+        let ranges = (ranging.0.elapsed().as_secs_f64(), collect::process_cpu() - ranging.1);
         let mut r = PassReport::default();
         r.info("samples", col.samples);
         if let Some(h) = &holdout {
@@ -509,9 +513,19 @@ impl Pass for Calibrate {
             write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
             r.note(format!("wrote {}", p.display()));
         }
+        let reporting = (std::time::Instant::now(), collect::process_cpu());
         if cx.report_detail {
             r.publish("calibration", report::section(g, &table, self.percentile));
         }
+        r.note(format!(
+            "time: listing the data {listing:.2} s, collection {:.2} s ({}), ranges {:.2}/{:.2} s, report {:.2}/{:.2} s",
+            col.seconds,
+            col.phases.describe(),
+            ranges.0,
+            ranges.1,
+            reporting.0.elapsed().as_secs_f64(),
+            collect::process_cpu() - reporting.1
+        ));
         cx.ext.insert(table);
         cx.ext.insert(CalibrationData { dataset: data, holdout, shape, float_outputs: col.outputs });
         Ok(r)
