@@ -712,8 +712,10 @@ fn other_models(
            the score part (`--split-yolo`: rows 0..4 (cx, cy, w, h) vs the class rows of a YOLOv8 head [1, 4+C, N]; \
            columns 0..4 vs objectness and classes of a YOLOv5 head [1, N, 5+C]; PicoDet, `--box-outputs`: its four \
            [N, 32] outputs, per-side distance distributions over 8 bins (logits, not coordinates), vs its four \
-           [N, 10] sigmoid class scores). Box coordinates are hundreds of pixels and scores at most 1, so the whole \
-           SQNR of a YOLO head is its boxes' SQNR. `qforge agree` is not used here: the YOLOv8s export has random \
+           [N, 10] sigmoid class scores). The box parts carry nearly all of Σ y² (YOLO box \
+           coordinates are hundreds of pixels, scores at most 1; PicoDet's box logits are several units, its \
+           sigmoid scores mostly near 0), so the whole SQNR follows the boxes' one; the scores' SQNR \
+           is the part detection confidence depends on. `qforge agree` is not used here: the YOLOv8s export has random \
            weights and YOLOv5n is untrained (no meaningful detections); PicoDet's head is not a YOLO head. \
            Baseline: the same formula with ŷ = the FP32 outputs on a plain grey image: how much the outputs \
            depend on the image at all; an output SQNR near or below it says nothing about quantization (an \
