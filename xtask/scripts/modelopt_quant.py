@@ -20,7 +20,8 @@ to the model's input dims (640 when dynamic). ModelOpt takes the data as one arr
 intermediate files beside the model, so the model is copied into a temporary folder first.
 
 Prints one JSON line: seconds (from the start of the script), peak_rss_mb
-(getrusage(RUSAGE_SELF).ru_maxrss / 1024), samples and versions. Needs a Python with
+(getrusage(RUSAGE_SELF).ru_maxrss / 1024), import_seconds and import_rss_mb (the same two once
+every module, ModelOpt and with it torch among them, is imported, before any work), samples and versions. Needs a Python with
 nvidia-modelopt[onnx] (and torch) and pillow; `--version` only prints the versions.
 """
 
@@ -84,6 +85,8 @@ def main():
 
     from modelopt.onnx.quantization import quantize
 
+    import_seconds = time.time() - T0
+    import_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     name, (h, w), dynamic = input_dims(a.model)
     if a.size:
         h, w = (int(v) for v in a.size.split(","))
@@ -122,6 +125,8 @@ def main():
                 "size": [h, w],
                 "seconds": time.time() - T0,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "import_seconds": import_seconds,
+                "import_rss_mb": import_rss_mb,
                 **versions(),
             }
         )
