@@ -1,13 +1,15 @@
 """ONNX Runtime's `quantize_static` on photos, for `cargo xtask bench` (calib and int8 sections).
 
 Usage: ort_quant.py MODEL.onnx PHOTOS OUT.onnx [--method minmax|entropy|percentile]
-                    [--exclude-file NAMES.txt] [--repeat N] [--size N] [--floor]
+                    [--exclude-file NAMES.txt] [--repeat N] [--size N | --resize H,W] [--floor]
 
 Quantizes to TensorRT's form: QDQ, per-channel int8 weights, symmetric int8 activations and
 weights. Calibration data is what qforge's `calibrate: {data: {views: true}}` feeds: every photo
 of PHOTOS (sorted) in four views (itself, mirrored, top-left and bottom-right 75 % crops),
 letterboxed like qforge (PIL bilinear resize of the longer side to SIZE with Python round(),
-pasted top-left on grey 114, /255, NCHW float32), the whole list `--repeat` times. Samples are
+pasted top-left on grey 114, /255, NCHW float32), or with `--resize H,W` plainly resized to
+W x H (bilinear, /255; for models whose own preprocessing is a plain resize, e.g. PicoDet), the
+whole list `--repeat` times. Samples are
 produced lazily, one at a time, so the script itself holds one sample: the memory measured is
 ONNX Runtime's. A dynamic model input is first fixed to 1x3xSIZExSIZE with the onnx package
 (ORT's symbolic shape inference fails on such models), then `quant_pre_process` runs with
@@ -84,8 +86,16 @@ def letterbox(img, size):
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def plain_resize(img, h, w):
+    """Resize to W x H (bilinear), /255, 1x3xHxW."""
+    x = np.asarray(img.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
 class Reader(CalibrationDataReader):
-    """Yields {input: sample} for every view of every photo, `repeat` times, lazily."""
+    """Yields {input: sample} for every view of every photo, `repeat` times, lazily.
+
+    `size` is the letterbox side, or an (H, W) pair for a plain resize."""
 
     def __init__(self, name, files, size, repeat):
         self.count = 0
@@ -98,18 +108,20 @@ class Reader(CalibrationDataReader):
                     img = im.convert("RGB")
                 for v in views(img):
                     self.count += 1
-                    yield {name: letterbox(v, size)}
+                    x = plain_resize(v, *size) if isinstance(size, tuple) else letterbox(v, size)
+                    yield {name: x}
 
     def get_next(self):
         return next(self.it, None)
 
 
 def static_copy(model_path, size, dst):
-    """Fixes every symbolic dim of the (single image) input to 1x3xSIZExSIZE; drops value_info."""
+    """Fixes every symbolic dim of the (single image) input to 1x3xSIZExSIZE (1x3xHxW for an
+    (H, W) pair); drops value_info."""
     m = onnx.load(model_path)
     inp = m.graph.input[0]
     dims = inp.type.tensor_type.shape.dim
-    fixed = [1, 3, size, size]
+    fixed = [1, 3, *size] if isinstance(size, tuple) else [1, 3, size, size]
     changed = False
     for d, v in zip(dims, fixed):
         if not d.HasField("dim_value") or d.dim_value <= 0:
@@ -165,10 +177,13 @@ def main():
     a.add_argument("--exclude-file", help="node names to keep float, one per line")
     a.add_argument("--repeat", type=int, default=1)
     a.add_argument("--size", type=int, default=0, help="input side (default: the model's, or 640)")
+    a.add_argument("--resize", help="H,W: plain resize to W x H instead of the letterbox")
     a.add_argument("--floor", action="store_true", help="time only running the float model on the samples")
     a = a.parse_args()
 
-    size = a.size or input_size(a.model)
+    if a.resize and a.size:
+        sys.exit("--size and --resize exclude each other")
+    size = tuple(int(v) for v in a.resize.split(",")) if a.resize else a.size or input_size(a.model)
     files = photos(a.photos)
     if not files:
         sys.exit(f"no JPEG/PNG photos in {a.photos}")

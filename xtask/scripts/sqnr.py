@@ -1,6 +1,7 @@
 """Output SQNR of a candidate (e.g. INT8 Q/DQ) model vs its FP32 reference, with ONNX Runtime.
 
 Usage: sqnr.py FP32.onnx CANDIDATE.onnx PHOTOS [--resize] [--size H,W] [--detections]
+                [--split-yolo | --box-outputs NAME,...]
 
 Both models run on CPU on the same inputs: every photo of PHOTOS (sorted) in four views (itself,
 mirrored, top-left and bottom-right 75 % crops), letterboxed like qforge (PIL bilinear resize to
@@ -11,6 +12,12 @@ all outputs of all samples, and the sample count. baseline_db is the same measur
 model's outputs on a plain grey image (114) in place of the candidate's: how much the outputs
 depend on the image at all (a model whose baseline is as high as the candidate's SQNR barely
 looks at its input, e.g. an untrained one).
+
+--split-yolo also gives sqnr_boxes_db and sqnr_scores_db, the same measure over the parts of the
+first output: a YOLOv8 head [1, 4+C, N] splits into box rows 0..4 (cx, cy, w, h) and score rows
+4..4+C; a YOLOv5 head [1, N, 5+C] into box columns 0..4 and score columns 4..5+C (objectness and
+classes). --box-outputs NAME,... splits by whole outputs instead: the named ones are boxes, every
+other output scores (e.g. PicoDet, whose box outputs are per-side distance distributions).
 
 --detections also scores the candidate's detections against the FP32 ones, with the definitions of
 `qforge agree` (qforge-yolo), here with ONNX Runtime executing both models: first output, YOLOv8
@@ -128,6 +135,15 @@ class Agreement:
         }
 
 
+def yolo_split(shape):
+    """Index expressions of the box and score parts of a YOLOv8 [1, 4+C, N] or YOLOv5 [1, N, 5+C] head."""
+    if len(shape) != 3 or min(shape[1], shape[2]) < 5:
+        sys.exit(f"--split-yolo: the first output {list(shape)} is not a YOLO head [1, 4+C, N] or [1, N, 5+C]")
+    if shape[1] < shape[2]:  # YOLOv8: [1, 4+C, N]
+        return {"boxes": np.s_[:, :4, :], "scores": np.s_[:, 4:, :]}
+    return {"boxes": np.s_[:, :, :4], "scores": np.s_[:, :, 4:]}
+
+
 def main():
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("fp32")
@@ -136,6 +152,9 @@ def main():
     a.add_argument("--resize", action="store_true", help="plain resize instead of letterbox")
     a.add_argument("--size", help="H,W (default: the FP32 model's input dims)")
     a.add_argument("--detections", action="store_true", help="also detection agreement (YOLO heads)")
+    split = a.add_mutually_exclusive_group()
+    split.add_argument("--split-yolo", action="store_true", help="also SQNR of the box and score parts")
+    split.add_argument("--box-outputs", help="comma-separated output names that are boxes (the rest: scores)")
     a = a.parse_args()
 
     opts = ort.SessionOptions()
@@ -149,11 +168,23 @@ def main():
         dims = [d if isinstance(d, int) and d > 0 else 640 for d in inp.shape]
         h, w = dims[2], dims[3]
     cand_name = cand.get_inputs()[0].name
+    out_names = [o.name for o in ref.get_outputs()]
+    box_outputs = set(a.box_outputs.split(",")) if a.box_outputs else set()
+    missing = box_outputs - set(out_names)
+    if missing:
+        sys.exit(f"--box-outputs: no output named {sorted(missing)} (outputs: {out_names})")
+    if a.box_outputs and box_outputs == set(out_names):
+        sys.exit("--box-outputs names every output: nothing is left for scores")
+    if [o.name for o in cand.get_outputs()] != out_names:
+        sys.exit(f"the candidate's outputs {[o.name for o in cand.get_outputs()]} are not the FP32 model's {out_names}")
 
     grey = np.full((1, 3, h, w), 114 / 255.0, dtype=np.float32)
     ys_grey = [y.astype(np.float64) for y in ref.run(None, {inp.name: grey})]
     agreement = Agreement() if a.detections else None
     signal = noise = base = 0.0
+    # [signal, noise] of the box and the score parts (--split-yolo / --box-outputs).
+    parts = {"boxes": [0.0, 0.0], "scores": [0.0, 0.0]}
+    split = a.split_yolo or bool(box_outputs)
     samples = 0
     for f in photos(a.photos):
         with Image.open(f) as im:
@@ -164,16 +195,29 @@ def main():
             yq = cand.run(None, {cand_name: x})
             if agreement:
                 agreement.add(ys[0], yq[0])
-            for y, q, g in zip(ys, yq, ys_grey):
+            for name, y, q, g in zip(out_names, ys, yq, ys_grey):
                 y = y.astype(np.float64)
+                d2 = (y - q.astype(np.float64)) ** 2
                 signal += float(np.sum(y * y))
-                noise += float(np.sum((y - q.astype(np.float64)) ** 2))
+                noise += float(np.sum(d2))
                 base += float(np.sum((y - g) ** 2))
+                if box_outputs:
+                    part = parts["boxes" if name in box_outputs else "scores"]
+                    part[0] += float(np.sum(y * y))
+                    part[1] += float(np.sum(d2))
+            if a.split_yolo:
+                for key, idx in yolo_split(ys[0].shape).items():
+                    y = ys[0][idx].astype(np.float64)
+                    parts[key][0] += float(np.sum(y * y))
+                    parts[key][1] += float(np.sum((y - yq[0][idx].astype(np.float64)) ** 2))
             samples += 1
     if samples == 0:
         sys.exit(f"no JPEG/PNG photos in {a.photos}")
     db = lambda n: 10 * math.log10(signal / n) if n > 0 else None  # noqa: E731
     result = {"samples": samples, "size": [h, w], "sqnr_db": db(noise), "baseline_db": db(base)}
+    if split:
+        for key, (sig, n) in parts.items():
+            result[f"sqnr_{key}_db"] = 10 * math.log10(sig / n) if n > 0 and sig > 0 else None
     if agreement:
         result.update(agreement.result())
     print(json.dumps(result))

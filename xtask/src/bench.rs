@@ -7,7 +7,7 @@
 //! Targets are reported as PASS/MISS: the bench fails only when a tool cannot run.
 //!
 //! Sections: `fold` (qforge's fold pipeline vs onnxslim), `calib` (calibration throughput and
-//! memory vs ONNX Runtime, [`calib`]), `int8` (INT8 accuracy vs ONNX Runtime's `quantize_static`,
+//! memory vs ONNX Runtime, [`calib`]), `int8` (INT8 accuracy vs ONNX Runtime's `quantize_static` and ModelOpt,
 //! [`int8`]). `--only` runs some of them and keeps the others' text in `bench/results.md`
 //! ([`doc`]); `--quick` shrinks each to a smoke run.
 
@@ -108,7 +108,7 @@ struct SectionResult {
 const SECTIONS: [Section; 3] = [
     Section { name: "fold", title: "Fold pipeline vs onnxslim", run: fold_vs_onnxslim },
     Section { name: "calib", title: "Calibration throughput and memory vs ONNX Runtime", run: calib::calib },
-    Section { name: "int8", title: "INT8 accuracy vs ONNX Runtime quantize_static", run: int8::int8 },
+    Section { name: "int8", title: "INT8 accuracy vs ONNX Runtime quantize_static and ModelOpt", run: int8::int8 },
 ];
 
 /// Every section of `bench/results.md` in order: the bench's, then the

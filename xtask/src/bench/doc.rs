@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use crate::util;
 
 /// Header lines that describe the run, not a tool (never carried over from an old file).
-const RUN_KEYS: &[&str] = &["- date:", "- machine:", "- load average", "- qforge:", "- runs:"];
+const RUN_KEYS: &[&str] = &["- date:", "- machine:", "- load average", "- qforge:", "- runs:", "- sections not rerun"];
 
 /// The whole document: a new header, then every section of `order` that was run now (`fresh`)
 /// or, when it was not, its text from `old` (the previous results.md), in `order`.

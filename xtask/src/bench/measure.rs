@@ -1,6 +1,7 @@
 //! Timed child processes (wall time and peak RSS from GNU time) and the runs the quantization
-//! sections share: qforge pipelines, ONNX Runtime's `quantize_static` (`ort_quant.py`),
-//! `qforge agree` and the ONNX Runtime SQNR check (`sqnr.py`).
+//! sections share: qforge pipelines, ONNX Runtime's `quantize_static` (`ort_quant.py`), NVIDIA
+//! ModelOpt's ONNX PTQ (`modelopt_quant.py`), `qforge agree` and the ONNX Runtime SQNR check
+//! (`sqnr.py`).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -126,14 +127,78 @@ pub struct OrtQuant<'a> {
 /// ONNX Runtime's `quantize_static` through `xtask/scripts/ort_quant.py`, timed; returns the
 /// measurement and the script's JSON (samples, excluded counts, versions).
 pub fn ort_quant(ctx: &Ctx, model: &Path, out: &Path, o: &OrtQuant) -> Result<(Measured, Value)> {
+    ort_quant_with(ctx, model, out, o, &["--size", &o.size.to_string()])
+}
+
+/// [`ort_quant`] with the input given by `input_args` (`--size N` or `--resize H,W`) instead of
+/// `o.size`.
+pub fn ort_quant_with(
+    ctx: &Ctx,
+    model: &Path,
+    out: &Path,
+    o: &OrtQuant,
+    input_args: &[&str],
+) -> Result<(Measured, Value)> {
     let script = ctx.root.join("xtask/scripts/ort_quant.py");
     let mut cmd = ctx.python.cmd([script.as_os_str(), model.as_os_str(), photos(ctx).as_os_str(), out.as_os_str()]);
-    cmd.args(["--method", o.method, "--repeat", &o.repeat.to_string(), "--size", &o.size.to_string()]);
+    cmd.args(["--method", o.method, "--repeat", &o.repeat.to_string()]).args(input_args);
     if let Some(f) = o.exclude_file {
         cmd.arg("--exclude-file").arg(f);
     }
     let m = timed(ctx, &cmd)?;
     let json = last_json(&m.stdout, "ort_quant.py")?;
+    Ok((m, json))
+}
+
+/// Environment variable naming a Python that has `nvidia-modelopt[onnx]` (and torch, pillow).
+pub const MODELOPT_PYTHON_VAR: &str = "QFORGE_BENCH_MODELOPT_PYTHON";
+
+/// The Python that runs ModelOpt (`$QFORGE_BENCH_MODELOPT_PYTHON`, else the bench's own python)
+/// and the versions `modelopt_quant.py --version` reports; `Err(reason)` when none can.
+pub fn modelopt_python(ctx: &Ctx) -> std::result::Result<(String, Value), String> {
+    let (exe, from_var) = match std::env::var(MODELOPT_PYTHON_VAR) {
+        Ok(p) if !p.is_empty() => (p, true),
+        _ => (ctx.python.exe.clone(), false),
+    };
+    let script = ctx.root.join("xtask/scripts/modelopt_quant.py");
+    let mut cmd = Command::new(&exe);
+    cmd.arg(&script).arg("--version").stdin(Stdio::null());
+    let why = match cmd.output() {
+        Ok(out) if out.status.success() => {
+            match last_json(&String::from_utf8_lossy(&out.stdout), "modelopt_quant.py") {
+                Ok(v) => return Ok((exe, v)),
+                Err(e) => e.to_string(),
+            }
+        }
+        Ok(out) => error_line(&String::from_utf8_lossy(&out.stderr)),
+        Err(e) => format!("cannot start `{exe}`: {e}"),
+    };
+    Err(if from_var {
+        format!("${MODELOPT_PYTHON_VAR} = `{exe}` cannot run ModelOpt: {why}")
+    } else {
+        format!(
+            "no Python with nvidia-modelopt[onnx] (`{exe}`: {why}); set ${MODELOPT_PYTHON_VAR} to one, e.g. a venv \
+             with `pip install torch nvidia-modelopt[onnx] pillow`"
+        )
+    })
+}
+
+/// NVIDIA ModelOpt's ONNX PTQ through `xtask/scripts/modelopt_quant.py` run by `python`
+/// (calibration method `method`, input options `input_args`), timed; returns the measurement and
+/// the script's JSON.
+pub fn modelopt_quant(
+    ctx: &Ctx,
+    python: &str,
+    model: &Path,
+    out: &Path,
+    method: &str,
+    input_args: &[&str],
+) -> Result<(Measured, Value)> {
+    let script = ctx.root.join("xtask/scripts/modelopt_quant.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).arg(model).arg(photos(ctx)).arg(out).args(["--method", method]).args(input_args);
+    let m = timed(ctx, &cmd)?;
+    let json = last_json(&m.stdout, "modelopt_quant.py")?;
     Ok((m, json))
 }
 
