@@ -740,6 +740,16 @@ fn tune_ranges_clips_what_the_output_ignores_and_keeps_what_it_needs() {
     let (needed, notes) = run("0.0, 1.0");
     assert_eq!(range(&needed), 100.0, "{notes:?}");
     assert!(notes.iter().any(|n| n.contains("0 range(s) changed")), "{notes:?}");
+    let text = qforge_ir::print_graph(&ignored, &qforge_ir::PrintOptions { max_elements: 8, initializers: true });
+    insta::with_settings!({ omit_expression => true }, { insta::assert_snapshot!(text) });
+    // Without insert-qdq before it there is no quantized model to tune.
+    let mut bare = parse_graph(
+        "graph g {\n  opset ai.onnx 13\n  input %x: f32[1,2,64,64]\n  init @w: f32[1,2,1,1] = [1.0, 0.0]\n  \
+         %y = Conv(%x, @w) {kernel_shape=[1,1]}  # conv\n  output %y\n}\n",
+    )
+    .unwrap();
+    let e = run_pipeline(&mut bare, "passes:\n  - tune-ranges\n").unwrap_err();
+    assert!(e.contains("run insert-qdq before tune-ranges"), "{e}");
     let path = dir.path().join("tuned.onnx");
     qforge_ir::save(&qforge_ir::Model::new(ignored), &path, &Default::default()).unwrap();
     common::check_valid(&path, None);

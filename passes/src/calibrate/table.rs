@@ -30,8 +30,14 @@ impl TensorRange {
     /// The INT8 scale `amax / 127` (with a zero range mapped to 1/127, so a
     /// tensor that was all zeros still gets a valid scale).
     pub fn scale(&self) -> f32 {
-        if self.amax > 0.0 && self.amax.is_finite() { self.amax / 127.0 } else { 1.0 / 127.0 }
+        int8_scale(self.amax)
     }
+}
+
+/// The symmetric INT8 scale of a range: `amax / 127`, and 1/127 for a zero
+/// or non-finite range (a tensor that was all zeros still gets a valid scale).
+pub fn int8_scale(amax: f32) -> f32 {
+    if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 / 127.0 }
 }
 
 /// Per-channel weight ranges of one weighted op.

@@ -476,7 +476,7 @@ impl Pass for InsertQdq {
                 }
                 continue;
             };
-            let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 / 127.0 };
+            let scale = crate::calibrate::table::int8_scale(amax);
             let dq = if !self.dedicated_pairs
                 && let Some(&dq) = pairs.get(&v)
             {

@@ -27,6 +27,7 @@ use qforge_runtime::{Engine, HostTensor};
 
 use super::{Candidate, Group};
 use crate::PassError;
+use crate::calibrate::table::int8_scale;
 use crate::skip_sensitive::layers::{FloatInput, float_weight, quantized_inputs};
 
 /// The layers that read `group`: readers of its DequantizeLinear outputs,
@@ -165,7 +166,7 @@ fn plan(g: &Graph, float: &Graph, groups: &[(&Group, &[Candidate])]) -> Result<P
                 }
             };
             for (k, cand) in cands.iter().enumerate() {
-                let scale = if cand.amax > 0.0 && cand.amax.is_finite() { cand.amax / 127.0 } else { 1.0 / 127.0 };
+                let scale = int8_scale(cand.amax);
                 let base = format!("{}/qforge_tune/g{gi}k{k}", g.node(c).name());
                 let s = aug.add_initializer(&format!("{base}/scale"), Tensor::scalar(scale));
                 let mut ins = g.node(c).inputs().to_vec();

@@ -1,3 +1,5 @@
+//! DQ(Q(%x, amax/127)) => DQ(Q(%x, amax'/127)), amax' the candidate range whose error at the detector's outputs is least.
+//!
 //! `tune-ranges`: each activation's INT8 range chosen by the error it causes
 //! downstream, not by its own histogram alone.
 //!
@@ -52,7 +54,7 @@ use qforge_ir::{Graph, NodeId, Tensor, ValueId};
 use qforge_runtime::{Engine, HostTensor};
 
 use crate::calibrate::CalibrationData;
-use crate::calibrate::table::CalibrationTable;
+use crate::calibrate::table::{CalibrationTable, int8_scale};
 use crate::insert_qdq::FloatReference;
 use crate::insert_qdq::placement::Groups;
 use crate::util::describe;
@@ -164,7 +166,7 @@ pub fn groups(g: &Graph, float: &Graph) -> Vec<Group> {
 /// Sets the range of every quantizer of `group` (and its DequantizeLinear
 /// readers) to `amax`, giving the group its own scale initializers.
 pub fn set_range(g: &mut Graph, group: &Group, amax: f32) -> Result<(), PassError> {
-    let scale = if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 / 127.0 };
+    let scale = int8_scale(amax);
     for &q in &group.quantizers {
         let s = g.node(q).input(1).ok_or_else(|| PassError::msg(format!("{}: no scale", describe(g, q))))?;
         let readers = g.reader_count(s);

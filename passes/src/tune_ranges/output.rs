@@ -23,6 +23,7 @@ use qforge_runtime::{Engine, HostTensor};
 
 use super::{Candidate, Group, set_range};
 use crate::PassError;
+use crate::calibrate::table::int8_scale;
 use crate::metric::find_metric;
 use crate::model_metric::Metric;
 use crate::skip_sensitive::Judge;
@@ -132,10 +133,6 @@ pub fn whole(
 
 /// The graph input that carries the candidate scale of a trial.
 const SCALE_INPUT: &str = "qforge_tune_scale";
-
-fn scale_of(amax: f32) -> f32 {
-    if amax > 0.0 && amax.is_finite() { amax / 127.0 } else { 1.0 / 127.0 }
-}
 
 /// `g` with the group's `DQ(Q(x, s))` computed as
 /// `Clip(Round(x / s), -128, 127) · s`, `s` a scalar graph input: the same
@@ -268,7 +265,7 @@ pub fn search(
         for side in [below, above] {
             let mut last = err.total();
             for k in side {
-                let scale = HostTensor::f32(Vec::new(), vec![scale_of(cands[i][k].amax)]);
+                let scale = HostTensor::f32(Vec::new(), vec![int8_scale(cands[i][k].amax)]);
                 let outs = prepared.outputs_with(0..inputs.len(), &[(SCALE_INPUT.to_string(), scale)])?;
                 let e = output_error(reference, &outs).total();
                 trials += 1;
