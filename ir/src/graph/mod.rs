@@ -164,6 +164,19 @@ impl Node {
     pub fn attrs(&self) -> &[AttributeProto] {
         &self.proto.attribute
     }
+    /// The attributes in a canonical byte form (sorted by name, each
+    /// encoded length-delimited): equal bytes mean equal attributes, so
+    /// passes can key nodes by what they compute.
+    pub fn attrs_key(&self) -> Vec<u8> {
+        use prost::Message;
+        let mut attrs: Vec<&AttributeProto> = self.proto.attribute.iter().collect();
+        attrs.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut bytes = Vec::new();
+        for a in attrs {
+            bytes.extend(a.encode_length_delimited_to_vec());
+        }
+        bytes
+    }
     /// The attribute called `name`.
     pub fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.proto.attribute.iter().find(|a| a.name() == name)

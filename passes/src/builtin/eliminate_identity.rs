@@ -1,5 +1,8 @@
 //! %y = Identity(%x) => readers of %y read %x (a graph output keeps its name).
 //!
+//! A `Cast` to the type its input already has is an Identity too (torch
+//! exports cast shape arithmetic to int64 that already is int64).
+//!
 //! PyTorch exports weights shared between modules as Identity chains
 //! (213 of them in a YOLOv5n export); they hide constants from every
 //! pattern-matching pass. An Identity whose output is a graph output is
@@ -44,7 +47,13 @@ impl Pass for EliminateIdentity {
                 && node.output(1).is_none_or(|m| g.reader_count(m) == 0)
                 // training_mode (input 2) must be absent or constant false.
                 && node.input(2).is_none_or(|t| g.constant(t).and_then(|t| t.to_i64_vec().ok()) == Some(vec![0]));
-            if !(node.is_op("Identity") || is_dropout) {
+            // A Cast to the input's own (known) type changes nothing.
+            let is_noop_cast = node.is_op("Cast")
+                && node
+                    .input(0)
+                    .and_then(|x| g.type_info(x)?.dtype)
+                    .is_some_and(|t| node.attr_int("to") == Some(t.onnx() as i64));
+            if !(node.is_op("Identity") || is_dropout || is_noop_cast) {
                 continue;
             }
             let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { continue };

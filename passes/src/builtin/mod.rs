@@ -1,6 +1,7 @@
 //! The built-in passes, one per file, each registered with `register_pass!`.
 //! The first `//!` line of each file states its rewrite as `before => after`.
 
+pub mod eliminate_common;
 pub mod eliminate_dead;
 pub mod eliminate_identity;
 pub mod fold_batchnorm;
