@@ -84,13 +84,45 @@ fn picodet_folds_all_94_batchnorms() {
     ort_on_photos(&m, &out, &[]);
 }
 
+/// nudenet's input is `[batch,3,height,width]`; its Ultralytics metadata
+/// says `imgsz: [320, 320]`. qforge uses that for its own runs (numerics
+/// check, calibration), says so, and keeps the written model dynamic.
 #[test]
-fn nudenet_dynamic_input_is_refused_clearly_then_handled() {
+fn nudenet_dynamic_input_defaults_to_its_imgsz_metadata() {
     let Some(m) = common::model("nudenet-320n.onnx") else { return };
     let dir = common::tempdir();
     let out = dir.path().join("o.onnx");
     let o = common::qforge()
         .args(["run", "fold", "-i", m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("input \"images\" has dynamic dims") && err.contains("1,3,320,320"), "{err}");
+    common::check_valid(&out, Some(&m));
+    let written = qforge_ir::load(&out).unwrap();
+    let input = written.graph.runtime_inputs()[0];
+    let dims = written.graph.type_info(input).and_then(|t| t.shape).unwrap();
+    assert!(dims.as_known().is_none(), "the written input lost its dynamic dims: {dims:?}");
+    let after = ops(&out);
+    assert_eq!(count(&after, "Resize"), 0);
+    assert_eq!(count(&after, "ConvTranspose"), 2);
+    ort_on_photos(&m, &out, &["--input-shape", "1,3,320,320"]);
+}
+
+/// Without the metadata there is nothing to guess from: a clear refusal
+/// that names the option, then the explicit shape works.
+#[test]
+fn dynamic_input_without_metadata_is_refused_clearly_then_handled() {
+    let Some(m) = common::model("nudenet-320n.onnx") else { return };
+    let dir = common::tempdir();
+    let mut model = qforge_ir::load(&m).unwrap();
+    model.set_metadata("imgsz", "");
+    let bare = dir.path().join("bare.onnx");
+    qforge_ir::save(&model, &bare, &qforge_ir::ExportOptions::default()).unwrap();
+    let out = dir.path().join("o.onnx");
+    let o = common::qforge()
+        .args(["run", "fold", "-i", bare.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -100,11 +132,12 @@ fn nudenet_dynamic_input_is_refused_clearly_then_handled() {
             && err.contains("--input-shape images="),
         "{err}"
     );
-    let (_, out) = fold(&m, dir.path(), &["--input-shape", "images=1,3,320,320"]);
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let (_, out) = fold(&bare, dir.path(), &["--input-shape", "images=1,3,320,320"]);
     let after = ops(&out);
     assert_eq!(count(&after, "Resize"), 0);
     assert_eq!(count(&after, "ConvTranspose"), 2);
-    ort_on_photos(&m, &out, &["--input-shape", "1,3,320,320"]);
+    ort_on_photos(&bare, &out, &["--input-shape", "1,3,320,320"]);
 }
 
 #[test]

@@ -24,6 +24,10 @@ pub struct PassContext {
     pub output_path: Option<PathBuf>,
     /// Fixed dims for dynamic inputs (`--input-shape`).
     pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// Fixed dims the model's own metadata suggests for dynamic inputs
+    /// (Ultralytics exports write `imgsz`): used only where neither
+    /// `--input-shape` nor a pass option (e.g. `calibrate.data.size`) says.
+    pub metadata_shapes: BTreeMap<String, Vec<usize>>,
     /// No progress bars.
     pub quiet: bool,
     /// The engine passes run the model on unless their own `engine` option

@@ -44,6 +44,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "auto|tract|ort", default_value = "auto", requires = "check_numerics")]
     check_engine: String,
     /// Fixed dims for a dynamic input, e.g. images=1,3,640,640. Repeatable.
+    /// Used for qforge's own runs (numeric checks, calibration); the
+    /// written model keeps its dynamic dims. Without it, a single NCHW
+    /// image input takes its size from the model's Ultralytics `imgsz`
+    /// metadata when present (qforge says so).
     #[arg(long = "input-shape", value_name = "NAME=D0,D1,...")]
     input_shape: Vec<String>,
     /// Print the text IR after this pass (or `all`) to stderr.
@@ -77,6 +81,51 @@ pub struct RunArgs {
     /// No progress output, no statistics table.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// Fixed dims for the dynamic image input of a model whose metadata says
+/// what size it was trained at: Ultralytics exports write `imgsz` (`[640,
+/// 640]` or `640`) beside dynamic `[batch, 3, height, width]` inputs. Only
+/// a single rank-4 input not named by `--input-shape` gets one.
+fn metadata_shapes(model: &qforge_ir::Model, explicit: &BTreeMap<String, Vec<usize>>) -> BTreeMap<String, Vec<usize>> {
+    let mut out = BTreeMap::new();
+    let g = &model.graph;
+    let inputs = g.runtime_inputs();
+    let [input] = inputs[..] else { return out };
+    let name = g.value_name(input);
+    let Some(dims) = g.type_info(input).and_then(|t| t.shape) else { return out };
+    if explicit.contains_key(name) || dims.rank() != 4 || dims.as_known().is_some() {
+        return out;
+    }
+    let meta = |key: &str| model.metadata().iter().find(|e| e.key() == key).map(|e| e.value().to_string());
+    let Some(hw) = meta("imgsz").and_then(|v| parse_imgsz(&v)) else { return out };
+    let known = |i: usize| match &dims.0[i] {
+        qforge_ir::Dim::Known(k) if *k > 0 => Some(*k as usize),
+        _ => None,
+    };
+    // NCHW with 1 or 3 channels declared; an NHWC or odd input is left to
+    // the user.
+    let channels = known(1).or_else(|| meta("channels").and_then(|c| c.trim().parse().ok())).unwrap_or(3);
+    if !matches!(channels, 1 | 3) || known(3).is_some_and(|w| w <= 4) {
+        return out;
+    }
+    let shape = vec![known(0).unwrap_or(1), channels, known(2).unwrap_or(hw[0]), known(3).unwrap_or(hw[1])];
+    out.insert(name.to_string(), shape);
+    out
+}
+
+/// `[640, 640]`, `(640, 640)` or `640` (square).
+fn parse_imgsz(v: &str) -> Option<[usize; 2]> {
+    let nums: Vec<usize> = v
+        .trim_matches(|c: char| c == '[' || c == ']' || c == '(' || c == ')' || c.is_whitespace())
+        .split(',')
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()?;
+    match nums[..] {
+        [s] => Some([s, s]),
+        [h, w] => Some([h, w]),
+        _ => None,
+    }
 }
 
 /// Parses `name=1,3,640,640`.
@@ -190,7 +239,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     {
         bail!("--print-ir-after {p}: no such pass (use a pass name or `all`)");
     }
-    let manager = PassManager::new(&pipeline, opts)?;
+    let mut manager = PassManager::new(&pipeline, opts)?;
     if same_file(&a.input, &a.output) && !a.force {
         bail!("output {} is the input file; pass --force to overwrite it", a.output.display());
     }
@@ -229,9 +278,21 @@ pub fn run(a: RunArgs) -> Result<()> {
     if !problems.is_empty() {
         bail!("{}: the input model is invalid: {}", a.input.display(), problems.join("; "));
     }
+    let metadata_shapes = metadata_shapes(&model, &input_shapes);
+    for (name, dims) in &metadata_shapes {
+        if !a.quiet {
+            eprintln!(
+                "note: input \"{name}\" has dynamic dims; runs of the model use {} from the model's metadata \
+                 (imgsz), unless --input-shape or a pass option (calibrate.data.size) says otherwise; the output keeps the dynamic dims",
+                dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+            );
+        }
+    }
+    manager.default_numerics_shapes(&metadata_shapes);
     let mut cx = PassContext {
         model_dir: model.dir.clone(),
         output_path: Some(a.output.clone()),
+        metadata_shapes,
         input_shapes,
         quiet: a.quiet,
         seed: a.seed,

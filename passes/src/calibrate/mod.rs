@@ -234,7 +234,8 @@ impl Calibrate {
     }
 
     /// The fixed input shape: declared dims, `--input-shape`, or dynamic
-    /// dims filled from `data.size` (batch 1).
+    /// dims filled from `data.size`, else from the model's metadata
+    /// (batch 1).
     fn input_shape(&self, g: &Graph, cx: &PassContext) -> Result<Vec<usize>, PassError> {
         let inputs = g.runtime_inputs();
         let Some(&input) = inputs.first() else { return Err(PassError::msg("the model has no input to feed")) };
@@ -261,11 +262,14 @@ impl Calibrate {
                             w
                         }
                     }
-                    None => {
-                        return Err(PassError::msg(format!(
-                            "input \"{name}\" has dynamic dims {dims}; set calibrate.data.size: [H, W] or --input-shape {name}=1,3,H,W"
-                        )));
-                    }
+                    None => match cx.metadata_shapes.get(name) {
+                        Some(s) if s.len() == dims.rank() => s[i],
+                        _ => {
+                            return Err(PassError::msg(format!(
+                                "input \"{name}\" has dynamic dims {dims}; set calibrate.data.size: [H, W] or --input-shape {name}=1,3,H,W"
+                            )));
+                        }
+                    },
                 },
                 _ => {
                     return Err(PassError::msg(format!(

@@ -10,6 +10,7 @@
 mod checks;
 mod report;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use qforge_ir::Graph;
@@ -191,6 +192,16 @@ impl PassManager {
             })
             .collect::<Result<Vec<_>, PassError>>()?;
         Ok(PassManager { planned, opts })
+    }
+
+    /// Fills `--check-numerics` input shapes not given explicitly (e.g.
+    /// from the model's metadata, known only once it is loaded).
+    pub fn default_numerics_shapes(&mut self, defaults: &BTreeMap<String, Vec<usize>>) {
+        if let Some(n) = &mut self.opts.check_numerics {
+            for (k, v) in defaults {
+                n.input_shapes.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
     }
 
     /// Runs the pipeline on `g`. On error the graph may be partly rewritten;
