@@ -11,6 +11,7 @@ pub mod infer_shapes;
 pub mod load_calibration;
 pub mod resize_to_conv_transpose;
 pub mod rewrite;
+pub mod simplify_reshape;
 pub mod to_fp16;
 pub mod topo_sort;
 
