@@ -23,14 +23,19 @@ fn count(h: &BTreeMap<String, usize>, op: &str) -> usize {
     h.get(op).copied().unwrap_or(0)
 }
 
-/// Runs `qforge run fold --check-numerics`, returns (stdout, output path).
-fn fold(model: &Path, dir: &Path, extra: &[&str]) -> (String, std::path::PathBuf) {
-    let out = dir.join("out.onnx");
-    let o = common::qforge()
+/// Runs `qforge run fold --check-numerics` into `out`, whatever its outcome.
+fn run_fold(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    common::qforge()
         .args(["run", "fold", "-i", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
         .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `qforge run fold --check-numerics`, returns (stdout, output path).
+fn fold(model: &Path, dir: &Path, extra: &[&str]) -> (String, std::path::PathBuf) {
+    let out = dir.join("out.onnx");
+    let o = run_fold(model, &out, extra);
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "fold failed:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
     common::check_valid(&out, Some(model));
@@ -92,10 +97,7 @@ fn nudenet_dynamic_input_defaults_to_its_imgsz_metadata() {
     let Some(m) = common::model("nudenet-320n.onnx") else { return };
     let dir = common::tempdir();
     let out = dir.path().join("o.onnx");
-    let o = common::qforge()
-        .args(["run", "fold", "-i", m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
-        .output()
-        .unwrap();
+    let o = run_fold(&m, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("input \"images\" has dynamic dims") && err.contains("1,3,320,320"), "{err}");
@@ -121,10 +123,7 @@ fn dynamic_input_without_metadata_is_refused_clearly_then_handled() {
     let bare = dir.path().join("bare.onnx");
     qforge_ir::save(&model, &bare, &qforge_ir::ExportOptions::default()).unwrap();
     let out = dir.path().join("o.onnx");
-    let o = common::qforge()
-        .args(["run", "fold", "-i", bare.to_str().unwrap(), "-o", out.to_str().unwrap(), "--check-numerics"])
-        .output()
-        .unwrap();
+    let o = run_fold(&bare, &out, &[]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
