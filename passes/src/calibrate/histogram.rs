@@ -249,16 +249,19 @@ impl Histogram {
     /// when the batch turns out to qualify.
     fn add_within_range(&mut self, xs: &[f32]) -> bool {
         let n = self.counts.len();
-        let mut lanes = vec![0u32; LANES * n];
-        let (max_bits, non_finite) = scan_and_bin(&mut lanes, n, self.inv_width, xs);
-        let batch_max = f32::from_bits(max_bits);
-        if non_finite > 0 || bins_to_cover(f64::from(batch_max), self.inv_width) > n {
-            return false;
-        }
-        self.max_abs = self.max_abs.max(batch_max);
-        self.total += xs.len() as f64;
-        sum_lanes(&mut self.counts, &lanes);
-        true
+        let inv_width = self.inv_width;
+        with_lanes(n, |lanes| {
+            let (max_bits, non_finite) = scan_and_bin(lanes, n, inv_width, xs);
+            let batch_max = f32::from_bits(max_bits);
+            if non_finite > 0 || bins_to_cover(f64::from(batch_max), inv_width) > n {
+                return (false, n);
+            }
+            self.max_abs = self.max_abs.max(batch_max);
+            self.total += xs.len() as f64;
+            let used = touched(batch_max, inv_width, n);
+            sum_lanes(&mut self.counts, lanes, used);
+            (true, used)
+        })
     }
 
     /// Appends bins of the current width until `value` is covered.
@@ -327,16 +330,51 @@ fn bin_into(counts: &mut [f64], inv_width: f64, xs: &[f32], all_finite: bool) {
     if n == 0 {
         return;
     }
-    let mut lanes = vec![0u32; LANES * n];
-    if all_finite {
-        scan_and_bin(&mut lanes, n, inv_width, xs);
-    } else {
+    with_lanes(n, |lanes| {
+        if all_finite {
+            let (max_bits, _) = scan_and_bin(lanes, n, inv_width, xs);
+            let used = touched(f32::from_bits(max_bits), inv_width, n);
+            sum_lanes(counts, lanes, used);
+            return ((), used);
+        }
         let last = (n - 1) as f64;
         for &x in xs.iter().filter(|x| x.is_finite()) {
             lanes[bin_of(x, inv_width, last) as usize] += 1;
         }
-    }
-    sum_lanes(counts, &lanes);
+        sum_lanes(counts, lanes, n);
+        ((), n)
+    })
+}
+
+thread_local! {
+    /// This thread's scratch counters for the binning loops, zero between
+    /// uses: zeroing `LANES` × the bins (up to 1 MB at [`MAX_BINS`]) and
+    /// summing them all on every call cost as much as binning a small tensor.
+    static SCRATCH: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `LANES * n` zeroed counters. `f` returns its result and how
+/// many leading bins of each lane it may have changed, which are zeroed
+/// again afterwards (the scratch is dropped instead if `f` panics).
+fn with_lanes<R>(n: usize, f: impl FnOnce(&mut [u32]) -> (R, usize)) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = std::mem::take(&mut *cell.borrow_mut());
+        if buf.len() < LANES * n {
+            buf = vec![0; LANES * n];
+        }
+        let lanes = &mut buf[..LANES * n];
+        let (r, used) = f(lanes);
+        for lane in lanes.chunks_exact_mut(n) {
+            lane[..used.min(n)].fill(0);
+        }
+        *cell.borrow_mut() = buf;
+        r
+    })
+}
+
+/// How many leading bins values up to `max` land in (every bin for NaN).
+fn touched(max: f32, inv_width: f64, n: usize) -> usize {
+    bin_of(max, inv_width, (n - 1) as f64) as usize + 1
 }
 
 /// Bins every |x| into `lanes` (`LANES` runs of `n` counters, values past
@@ -398,9 +436,11 @@ fn scan_and_bin_body(lanes: &mut [u32], n: usize, inv_width: f64, xs: &[f32]) ->
     (max_bits, 0)
 }
 
-fn sum_lanes(counts: &mut [f64], lanes: &[u32]) {
+/// Adds the first `used` bins of every lane into `counts` (the others are
+/// zero).
+fn sum_lanes(counts: &mut [f64], lanes: &[u32], used: usize) {
     let n = counts.len();
-    for (k, c) in counts.iter_mut().enumerate() {
+    for (k, c) in counts.iter_mut().enumerate().take(used) {
         let sum: u64 = (0..LANES).map(|l| u64::from(lanes[l * n + k])).sum();
         *c += sum as f64;
     }
@@ -1051,6 +1091,40 @@ mod tests {
         assert_eq!((h.nan_count(), h.inf_count()), (1, 1));
         assert_eq!(h.total(), batches.iter().map(|b| b.len() as f64).sum::<f64>() - 2.0);
         assert_eq!(h.max_abs(), true_max(&batches[4]).max(m));
+    }
+
+    /// Histograms of different sizes built in turn on one thread share its
+    /// scratch counters: each must come out as if built alone on a thread
+    /// of its own (the scratch left all zero after every use).
+    #[test]
+    fn shared_scratch_leaves_no_counts_behind() {
+        fn batches(seed: u64) -> Vec<Vec<f32>> {
+            let mut v: Vec<Vec<f32>> = (0..6).map(|k| laplace_outliers(5_000 + 37 * k, seed + k as u64)).collect();
+            // A batch 40x wider than the first: the histogram grows to many more bins.
+            v[3].iter_mut().for_each(|x| *x *= 40.0);
+            v
+        }
+        fn build(bins: usize, seed: u64) -> Histogram {
+            let mut h = Histogram::new(bins);
+            for b in batches(seed) {
+                h.add(&b);
+            }
+            h
+        }
+        let alone: Vec<Vec<f64>> = [(2048, 1u64), (64, 2), (MAX_BINS, 3)]
+            .into_iter()
+            .map(|(bins, seed)| std::thread::spawn(move || build(bins, seed).counts().to_vec()).join().unwrap())
+            .collect();
+        let mut hs = [Histogram::new(2048), Histogram::new(64), Histogram::new(MAX_BINS)];
+        let all: Vec<Vec<Vec<f32>>> = [1, 2, 3].into_iter().map(batches).collect();
+        for k in 0..6 {
+            for (h, b) in hs.iter_mut().zip(&all) {
+                h.add(&b[k]);
+            }
+        }
+        for (h, a) in hs.iter().zip(&alone) {
+            assert!(h.counts() == &a[..], "interleaved on one thread = alone");
+        }
     }
 
     #[test]
