@@ -67,6 +67,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Before any thread starts (the engine warm-up, rayon's pool).
+    qforge_runtime::tune_malloc();
     ExitCode::from(exit_code(plugins, args))
 }
 

@@ -195,7 +195,15 @@ pub fn collect(
         slots: targets
             .iter()
             .map(|_| {
-                (Mutex::new(Slot { next: 0, histogram: Histogram::new(opts.bins), not_float: false }), Condvar::new())
+                (
+                    Mutex::new(Slot {
+                        next: 0,
+                        ahead: Default::default(),
+                        histogram: Histogram::new(opts.bins),
+                        not_float: false,
+                    }),
+                    Condvar::new(),
+                )
             })
             .collect(),
         slot_of_observed: observable.iter().map(slot_of).collect(),
@@ -407,8 +415,22 @@ impl Drop for Spent {
 /// One tensor's histogram and its turn: the sample it takes next.
 struct Slot {
     next: usize,
+    /// Later samples already folded in out of turn, because the bins as
+    /// they were covered them ([`Histogram::add_if_covered`]): the turn
+    /// skips them when it gets there.
+    ahead: std::collections::BTreeSet<usize>,
     histogram: Histogram,
     not_float: bool,
+}
+
+impl Slot {
+    /// Passes the turn on from sample `i`, over the samples folded ahead.
+    fn done(&mut self, i: usize) {
+        self.next = i + 1;
+        while self.ahead.remove(&self.next) {
+            self.next += 1;
+        }
+    }
 }
 
 /// Every requested tensor's [`Slot`] (with its condition variable), and
@@ -433,22 +455,42 @@ impl Slots {
         slot
     }
 
-    /// Folds sample `i`'s value of tensor `s` in, in its turn.
+    /// Folds sample `i`'s value of tensor `s` in: at once when the bins as
+    /// they are cover it (the result is the same as in turn, see
+    /// [`Histogram::add_if_covered`]), else in its turn. Waiting for the
+    /// turn stalls the engine thread that calls this; with two workers in
+    /// step, the one a sample ahead waited on nearly every tensor (0.45 s
+    /// of 4.6 s on the 640×640 YOLOv8s).
     fn fold(&self, s: usize, i: usize, t: &TensorView<'_>) {
-        let waiting = now();
-        let _spent = Spent(waiting);
-        let mut slot = self.turn(s, i);
-        self.wait.add(waiting);
+        let start = now();
+        let _spent = Spent(start);
+        let (m, cv) = &self.slots[s];
+        let mut slot = m.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.next < i {
+            if let Some(xs) = t.as_f32()
+                && slot.histogram.add_if_covered(xs)
+            {
+                slot.ahead.insert(i);
+                drop(slot);
+                self.fold.add(start);
+                return;
+            }
+            let waiting = now();
+            while slot.next < i {
+                slot = cv.wait(slot).unwrap_or_else(PoisonError::into_inner);
+            }
+            self.wait.add(waiting);
+        }
         let folding = now();
         if slot.next == i {
             match t.as_f32() {
                 Some(xs) => slot.histogram.add(xs),
                 None => slot.not_float = true,
             }
-            slot.next = i + 1;
+            slot.done(i);
         }
         drop(slot);
-        self.slots[s].1.notify_all();
+        cv.notify_all();
         self.fold.add(folding);
     }
 
@@ -460,7 +502,7 @@ impl Slots {
         for s in 0..self.slots.len() {
             let mut slot = self.turn(s, i);
             if slot.next == i {
-                slot.next = i + 1;
+                slot.done(i);
             } else {
                 had = true;
             }

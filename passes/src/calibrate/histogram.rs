@@ -242,6 +242,19 @@ impl Histogram {
         self.total == 0.0
     }
 
+    /// [`Histogram::add`] for a batch of finite values that the bins as
+    /// they are cover; returns false, having changed nothing, for any other
+    /// batch (or before the first batch has set the bin width).
+    ///
+    /// Such a batch can be added out of turn: it only adds one to existing
+    /// bins, and counts, totals and maxima add up the same in any order. A
+    /// later batch that widens the bins merges whole bins (`k >> shift`,
+    /// the width doubled exactly), which is where its values would have
+    /// landed at the wider bins, and a batch that fits now fits later too.
+    pub fn add_if_covered(&mut self, xs: &[f32]) -> bool {
+        !self.counts.is_empty() && self.add_within_range(xs)
+    }
+
     /// One-pass [`Histogram::add`] for a batch of finite values that the
     /// current bins cover; returns false, having changed nothing, for any
     /// other batch. The result is the two-pass one's exactly: the same bins
@@ -1091,6 +1104,43 @@ mod tests {
         assert_eq!((h.nan_count(), h.inf_count()), (1, 1));
         assert_eq!(h.total(), batches.iter().map(|b| b.len() as f64).sum::<f64>() - 2.0);
         assert_eq!(h.max_abs(), true_max(&batches[4]).max(m));
+    }
+
+    /// Two workers in step: the one a sample ahead adds its batch at once
+    /// when the bins cover it, else after the earlier one. Whatever the
+    /// bins do meanwhile (grow, or double their width past `MAX_BINS`), the
+    /// histogram is the in-turn one exactly.
+    #[test]
+    fn batches_added_out_of_turn_when_covered_give_the_in_turn_histogram() {
+        let scales = [1.0f32, 0.5, 3.0, 0.2, 40.0, 1.0, 2000.0, 0.1, 1.0, 5.0, 1.0, 1.0];
+        let batches: Vec<Vec<f32>> = scales
+            .iter()
+            .enumerate()
+            .map(|(k, &f)| laplace_outliers(3_000 + 11 * k, 40 + k as u64).into_iter().map(|x| x * f).collect())
+            .collect();
+        for bins in [64, 2048, MAX_BINS] {
+            let mut in_turn = Histogram::new(bins);
+            for b in &batches {
+                in_turn.add(b);
+            }
+            let (mut h, mut early) = (Histogram::new(bins), 0);
+            for pair in batches.chunks(2) {
+                let ahead = pair.len() == 2 && h.add_if_covered(&pair[1]);
+                h.add(&pair[0]);
+                if ahead {
+                    early += 1;
+                } else if let Some(b) = pair.get(1) {
+                    h.add(b);
+                }
+            }
+            assert!(early >= 2, "{bins} bins: only {early} batches went early");
+            assert!(h.counts() == in_turn.counts(), "{bins} bins: counts");
+            assert_eq!(
+                (h.total(), h.max_abs(), h.bin_width()),
+                (in_turn.total(), in_turn.max_abs(), in_turn.bin_width()),
+                "{bins} bins"
+            );
+        }
     }
 
     /// Histograms of different sizes built in turn on one thread share its
