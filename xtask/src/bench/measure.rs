@@ -24,6 +24,7 @@ pub struct Measured {
     /// Peak resident set size of the process, MB (GNU time's `%M` / 1024).
     pub peak_mb: f64,
     pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `cmd` under `/usr/bin/time -f '%e %M'`. On failure the error is the first error line of
@@ -47,7 +48,7 @@ pub fn timed(ctx: &Ctx, cmd: &Command) -> Result<Measured> {
     println!("    $ {}", util::show(cmd));
     let out = wrapped.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{}`", util::show(cmd)))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         eprintln!("--- `{}` failed ({}); stderr:\n{}", util::show(cmd), out.status, stderr.trim_end());
         return Err(anyhow!(error_line(&stderr)));
@@ -57,7 +58,7 @@ pub fn timed(ctx: &Ctx, cmd: &Command) -> Result<Measured> {
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
     let mut it = last.split_whitespace().map(str::parse::<f64>);
     match (it.next(), it.next()) {
-        (Some(Ok(seconds)), Some(Ok(kb))) => Ok(Measured { seconds, peak_mb: kb / 1024.0, stdout }),
+        (Some(Ok(seconds)), Some(Ok(kb))) => Ok(Measured { seconds, peak_mb: kb / 1024.0, stdout, stderr }),
         _ => bail!("cannot parse GNU time's output `{}`", text.trim()),
     }
 }
@@ -103,6 +104,41 @@ pub fn qforge_run(ctx: &Ctx, pipeline: &Path, model: &Path, out: &Path, extra: &
     let text = fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
     let json = serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", report.display()))?;
     Ok((m, json))
+}
+
+/// `qforge run PIPELINE -i MODEL -o OUT --calib PHOTOS [extra...]` as a user runs it (no run
+/// report, whose extra analyses cost time), timed; returns the measurement and the seconds of the
+/// first run of `pass` from the pass table qforge prints.
+pub fn qforge_run_plain(
+    ctx: &Ctx,
+    pipeline: &Path,
+    model: &Path,
+    out: &Path,
+    extra: &[&str],
+    pass: &str,
+) -> Result<(Measured, Option<f64>)> {
+    let mut cmd = Command::new(&ctx.qforge);
+    cmd.current_dir(&ctx.root).arg("run").arg(pipeline).arg("-i").arg(model).arg("-o").arg(out);
+    cmd.arg("--calib").arg(photos(ctx)).args(extra);
+    let m = timed(ctx, &cmd)?;
+    let seconds = table_seconds(&m.stderr, pass);
+    Ok((m, seconds))
+}
+
+/// The time of the first row for `pass` in qforge's pass table (`1  calibrate  1054.0 ms ...`).
+pub fn table_seconds(stderr: &str, pass: &str) -> Option<f64> {
+    stderr.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        it.next()?.parse::<usize>().ok()?;
+        (it.next()? == pass).then_some(())?;
+        let value: f64 = it.next()?.parse().ok()?;
+        match it.next()? {
+            "µs" => Some(value * 1e-6),
+            "ms" => Some(value * 1e-3),
+            "s" => Some(value),
+            _ => None,
+        }
+    })
 }
 
 /// A counter of the first run of `pass` in a qforge run report.
@@ -263,4 +299,21 @@ pub fn model(ctx: &Ctx, file: &str) -> Result<PathBuf> {
 /// `12.3` / `—` for a missing value.
 pub fn num(v: Option<f64>, decimals: usize) -> String {
     v.filter(|x| x.is_finite()).map_or_else(|| "—".into(), |x| format!("{x:.decimals$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_seconds;
+
+    #[test]
+    fn pass_seconds_from_the_printed_table() {
+        let table = "qforge: m.onnx (323 nodes) with pipeline `m` (2 steps)\n\
+                     #  pass            time  verify      nodes  changes\n\
+                     1  fold-batchnorm   812 µs  691 µs  323 → 323\n\
+                     2  calibrate  1054.0 ms  691 µs  323 → 323  samples 40\n\
+                     3  calibrate  12.31 s  1 ms  323 → 323\n";
+        assert_eq!(table_seconds(table, "calibrate"), Some(1.054));
+        assert_eq!(table_seconds(table, "fold-batchnorm"), Some(812e-6));
+        assert_eq!(table_seconds(table, "insert-qdq"), None);
+    }
 }
