@@ -108,7 +108,7 @@ pub fn qforge_run(ctx: &Ctx, pipeline: &Path, model: &Path, out: &Path, extra: &
 
 /// `qforge run PIPELINE -i MODEL -o OUT --calib PHOTOS [extra...]` as a user runs it (no run
 /// report, whose extra analyses cost time), timed; returns the measurement and the seconds of the
-/// first run of `pass` from the pass table qforge prints.
+/// first run of `pass` from the pass table qforge prints on stdout.
 pub fn qforge_run_plain(
     ctx: &Ctx,
     pipeline: &Path,
@@ -121,8 +121,9 @@ pub fn qforge_run_plain(
     cmd.current_dir(&ctx.root).arg("run").arg(pipeline).arg("-i").arg(model).arg("-o").arg(out);
     cmd.arg("--calib").arg(photos(ctx)).args(extra);
     let m = timed(ctx, &cmd)?;
-    let seconds = table_seconds(&m.stderr, pass);
-    Ok((m, seconds))
+    let seconds = table_seconds(&m.stdout, pass)
+        .with_context(|| format!("no `{pass}` row in the pass table `{}` printed", util::show(&cmd)))?;
+    Ok((m, Some(seconds)))
 }
 
 /// The time of the first row for `pass` in qforge's pass table (`1  calibrate  1054.0 ms ...`).
