@@ -171,6 +171,7 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
     let mut failed = false;
     let mut targets = Vec::new();
     let mut rows_md = Vec::new();
+    let mut breakdowns = Vec::new();
     for (file, shape, size) in FLOOR_MODELS {
         let model = measure::model(ctx, file)?;
         let short = file.trim_end_matches(".onnx");
@@ -277,6 +278,18 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
             "1.00×".into(),
             "—".into(),
         ]);
+        for r in &rows {
+            // Where the pass's time went, as qforge's own note says (first round).
+            let note =
+                r.result.as_ref().ok().and_then(|(m, _)| m.stdout.lines().find(|l| l.contains("calibrate: time:")));
+            if let Some(line) = note {
+                breakdowns.push(format!(
+                    "- {short}, {}: {}",
+                    r.label.trim_start_matches("qforge "),
+                    line.trim_start_matches("note: calibrate: time: ")
+                ));
+            }
+        }
         for r in rows {
             rows_md.push(match &r.result {
                 Ok((m, pass)) => vec![
@@ -312,6 +325,15 @@ fn against_floor(ctx: &mut Ctx, methods: &[&str]) -> Result<(String, bool)> {
          median of {rounds} rounds, each round running the floor, every qforge row and MinMax once in turn.",
         rounds = if ctx.args.quick { 1 } else { FLOOR_ROUNDS }
     );
+    let _ = writeln!(
+        md,
+        "\nWhere the calibrate pass's time went (qforge's note, first round; the phases are summed over its two \
+         workers, wall/CPU seconds, so they can add up to twice the wall time; the floor times only what is \
+         summed under \"engine runs\", with one session on two threads):\n"
+    );
+    for b in breakdowns {
+        let _ = writeln!(md, "{b}");
+    }
     Ok((md, failed))
 }
 
