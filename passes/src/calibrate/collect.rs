@@ -265,33 +265,34 @@ pub fn collect(
         ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} images, {per_sec}, ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let folded =
-        Mutex::new(Folded { next: 0, samples: 0, skipped: Vec::new(), kept: Vec::new(), kept_bytes: 0, error: None });
-    let turns = Condvar::new();
+    let folded = Mutex::new(Folded::default());
     let next_sample = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let workers = rayon::current_num_threads().clamp(1, data.len().max(1));
     // Each worker takes the next sample, loads it and runs it. Every
     // tensor's histogram takes the samples in sample order (each has its
-    // own turn, `Slots`), whichever worker ran them, so the result does not
-    // depend on the number of threads; a worker only waits when it catches
-    // up with the sample before it on the same tensor. Only the samples in
-    // flight (one per worker) are ever alive, whatever the size of the data.
+    // own turn, `Slots`, and a sample the bins already cover goes at once),
+    // whichever worker ran them, so the result does not depend on the
+    // number of threads. What a sample leaves besides (counted, skipped,
+    // its outputs kept, an error) is applied in sample order too
+    // (`Folded::finish`), without making a worker wait for the sample
+    // before it. Only the samples in flight (one per worker) are ever
+    // alive, whatever the size of the data.
+    let finish = |i: usize, outcome: Outcome| {
+        folded.lock().unwrap_or_else(PoisonError::into_inner).finish(i, outcome, opts.keep_outputs, &bar);
+    };
     let work = || {
-        // `stop`, not the mutex: a worker must not wait for another's fold
-        // before starting its next sample.
         while !stop.load(Ordering::SeqCst) {
             let i = next_sample.fetch_add(1, Ordering::SeqCst);
             if i >= data.len() {
                 break;
             }
-            let turn = Turn { index: i, folded: &folded, turns: &turns };
             // A sample that is not run still takes its turn on every tensor.
             let pass = || slots.pass_all(i);
             if let Err(e) = crate::interrupt::check() {
                 pass();
                 stop.store(true, Ordering::SeqCst);
-                turn.take().error.get_or_insert(e);
+                finish(i, Outcome::Failed(e));
                 continue;
             }
             let loading = now();
@@ -301,26 +302,25 @@ pub fn collect(
                 Ok(x) => x,
                 Err(e) => {
                     pass();
-                    if turn.take().fail(e, opts.keep_outputs, &bar) {
+                    if !matches!(e, DataError::Sample { .. }) {
                         stop.store(true, Ordering::SeqCst);
                     }
+                    finish(i, Outcome::Unusable(e));
                     continue;
                 }
             };
+            let mut kept = None;
             let mut visit = |outs: &[TensorView<'_>]| {
                 let input_view = TensorView::of(&x);
                 let jobs = outs.iter().enumerate().filter_map(|(k, t)| slot_of_fetched.get(k).map(|&s| (s, t)));
                 for (s, t) in jobs.chain(input_slot.map(|s| (s, &input_view))) {
                     slots.fold(s, i, t);
                 }
-                let mut f = turn.take();
-                f.samples += 1;
-                if f.kept.len() < opts.keep_outputs {
+                if i < opts.keep_outputs {
                     let o: Vec<HostTensor> =
                         output_fetch.iter().filter_map(|&k| outs.get(k).map(TensorView::to_host)).collect();
-                    f.kept_bytes += o.iter().map(HostTensor::byte_len).sum::<usize>();
-                    let keep = f.kept_bytes <= KEPT_OUTPUT_BYTES && o.len() == output_fetch.len();
-                    f.kept.push(keep.then_some(o));
+                    // Only a complete set of outputs is kept (see `Folded::finish`).
+                    kept = Some(if o.len() == output_fetch.len() { o } else { Vec::new() });
                 }
             };
             let running = now();
@@ -330,22 +330,25 @@ pub fn collect(
             // The engine's time, without the folds it called and the visit.
             let after = IN_SLOTS.with(|t| t.get());
             run_clock.sub(after.0 - before.0, after.1 - before.1);
-            if let Err(e) = ran {
-                // Tensors observed before the failure are in their
-                // histograms already: then the collection cannot go on.
-                let partial = slots.pass_all(i);
-                let e =
-                    DataError::Sample { path: data.path(i).to_path_buf(), reason: format!("running the model: {e}") };
-                let mut f = turn.take();
-                if partial {
-                    f.error
-                        .get_or_insert_with(|| PassError::msg(format!("{e} (after part of the sample was counted)")));
-                    stop.store(true, Ordering::SeqCst);
-                } else if f.fail(e, opts.keep_outputs, &bar) {
-                    stop.store(true, Ordering::SeqCst);
+            let outcome = match ran {
+                Ok(()) => Outcome::Ran(kept),
+                Err(e) => {
+                    // Tensors observed before the failure are in their
+                    // histograms already: then the collection cannot go on.
+                    let partial = slots.pass_all(i);
+                    let e = DataError::Sample {
+                        path: data.path(i).to_path_buf(),
+                        reason: format!("running the model: {e}"),
+                    };
+                    if partial {
+                        stop.store(true, Ordering::SeqCst);
+                        Outcome::Failed(PassError::msg(format!("{e} (after part of the sample was counted)")))
+                    } else {
+                        Outcome::Unusable(e)
+                    }
                 }
-            }
-            drop(turn);
+            };
+            finish(i, outcome);
             bar.inc(1);
         }
     };
@@ -521,10 +524,25 @@ impl Observer for Slots {
     }
 }
 
-/// What the samples folded so far produced (behind the collection's mutex).
+/// What became of one sample, applied in sample order by [`Folded::finish`].
+enum Outcome {
+    /// Run and folded in, with its graph outputs when it is among the
+    /// samples whose outputs are kept.
+    Ran(Option<Vec<HostTensor>>),
+    /// Not usable: skipped with a warning (a bad sample), or the end of
+    /// the collection (a problem of the data set as a whole).
+    Unusable(DataError),
+    /// The end of the collection.
+    Failed(PassError),
+}
+
+/// What the samples finished so far produced (behind the collection's mutex).
+#[derive(Default)]
 struct Folded {
-    /// The sample whose turn it is to be folded in.
+    /// The first sample not applied yet.
     next: usize,
+    /// Samples finished out of order, waiting for the ones before them.
+    pending: std::collections::BTreeMap<usize, Outcome>,
     samples: u64,
     skipped: Vec<String>,
     kept: Vec<Option<Vec<HostTensor>>>,
@@ -534,10 +552,35 @@ struct Folded {
 }
 
 impl Folded {
+    /// Records sample `i`'s outcome and applies every outcome now in order:
+    /// the counts, warnings, kept outputs and first error are those of a
+    /// sequential run. Every sample handed to a worker is finished, so
+    /// nothing stays pending.
+    fn finish(&mut self, i: usize, outcome: Outcome, keep_outputs: usize, bar: &ProgressBar) {
+        self.pending.insert(i, outcome);
+        while let Some(o) = self.pending.remove(&self.next) {
+            self.next += 1;
+            match o {
+                Outcome::Ran(kept) => {
+                    self.samples += 1;
+                    if self.kept.len() < keep_outputs {
+                        let o = kept.unwrap_or_default();
+                        self.kept_bytes += o.iter().map(HostTensor::byte_len).sum::<usize>();
+                        let keep = self.kept_bytes <= KEPT_OUTPUT_BYTES && !o.is_empty();
+                        self.kept.push(keep.then_some(o));
+                    }
+                }
+                Outcome::Unusable(e) => self.fail(e, keep_outputs, bar),
+                Outcome::Failed(e) => {
+                    self.error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
     /// Records a sample that could not be used: skipped with a warning, or,
-    /// for a problem of the data set as a whole, the end of the collection
-    /// (then returns true).
-    fn fail(&mut self, e: DataError, keep_outputs: usize, bar: &ProgressBar) -> bool {
+    /// for a problem of the data set as a whole, the end of the collection.
+    fn fail(&mut self, e: DataError, keep_outputs: usize, bar: &ProgressBar) {
         match e {
             DataError::Sample { path, reason } => {
                 bar.suspend(|| eprintln!("warning: skipping {}: {reason}", path.display()));
@@ -545,39 +588,10 @@ impl Folded {
                 if self.kept.len() < keep_outputs {
                     self.kept.push(None);
                 }
-                false
             }
             e => {
                 self.error.get_or_insert_with(|| PassError::msg(e.to_string()));
-                true
             }
         }
-    }
-}
-
-/// Sample `index`'s turn to fold: [`Turn::take`] waits until every earlier
-/// sample is folded in (so results do not depend on the number of threads),
-/// and dropping the turn passes it on, taken or not, on every path out of a
-/// worker (errors and panics included), so no later sample waits forever.
-struct Turn<'a> {
-    index: usize,
-    folded: &'a Mutex<Folded>,
-    turns: &'a Condvar,
-}
-
-impl<'a> Turn<'a> {
-    fn take(&self) -> MutexGuard<'a, Folded> {
-        let mut f = self.folded.lock().unwrap_or_else(PoisonError::into_inner);
-        while f.next < self.index {
-            f = self.turns.wait(f).unwrap_or_else(PoisonError::into_inner);
-        }
-        f
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.take().next = self.index + 1;
-        self.turns.notify_all();
     }
 }
