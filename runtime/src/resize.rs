@@ -73,14 +73,9 @@ fn clip8(v: i32) -> u8 {
 /// compiler vectorizes). The sums are the same integers in the same order
 /// as Pillow's, so the bytes are too.
 pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let mut cur = img.clone();
-    if width != cur.width() {
-        cur = horizontal(&cur, width);
-    }
-    if height != cur.height() {
-        cur = vertical(&cur, height);
-    }
-    cur
+    let wide = (width != img.width()).then(|| horizontal(img, width));
+    let cur = wide.as_ref().unwrap_or(img);
+    if height != cur.height() { vertical(cur, height) } else { wide.unwrap_or_else(|| img.clone()) }
 }
 
 /// Pillow's horizontal 8-bit pass: every row resampled to `width` pixels.

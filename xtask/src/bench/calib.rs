@@ -148,8 +148,8 @@ fn median_run(results: Vec<Result<PassRun>>) -> Result<PassRun> {
     let col = |f: &dyn Fn(&PassRun) -> f64| util::median(&ok.iter().map(f).collect::<Vec<_>>());
     let pass = ok.iter().all(|(_, p)| p.is_some()).then(|| col(&|(_, p)| p.unwrap_or(f64::NAN)));
     let (seconds, peak_mb) = (col(&|(m, _)| m.seconds), col(&|(m, _)| m.peak_mb));
-    let (stdout, stderr) = ok.into_iter().next().map(|(m, _)| (m.stdout, m.stderr)).unwrap_or_default();
-    Ok((Measured { seconds, peak_mb, stdout, stderr }, pass))
+    let stdout = ok.into_iter().next().map(|(m, _)| m.stdout).unwrap_or_default();
+    Ok((Measured { seconds, peak_mb, stdout }, pass))
 }
 
 /// A qforge or ONNX Runtime process and the calibrate pass's seconds in it.

@@ -24,7 +24,6 @@ pub struct Measured {
     /// Peak resident set size of the process, MB (GNU time's `%M` / 1024).
     pub peak_mb: f64,
     pub stdout: String,
-    pub stderr: String,
 }
 
 /// Runs `cmd` under `/usr/bin/time -f '%e %M'`. On failure the error is the first error line of
@@ -48,7 +47,7 @@ pub fn timed(ctx: &Ctx, cmd: &Command) -> Result<Measured> {
     println!("    $ {}", util::show(cmd));
     let out = wrapped.stdin(Stdio::null()).output().with_context(|| format!("cannot start `{}`", util::show(cmd)))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         eprintln!("--- `{}` failed ({}); stderr:\n{}", util::show(cmd), out.status, stderr.trim_end());
         return Err(anyhow!(error_line(&stderr)));
@@ -58,7 +57,7 @@ pub fn timed(ctx: &Ctx, cmd: &Command) -> Result<Measured> {
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
     let mut it = last.split_whitespace().map(str::parse::<f64>);
     match (it.next(), it.next()) {
-        (Some(Ok(seconds)), Some(Ok(kb))) => Ok(Measured { seconds, peak_mb: kb / 1024.0, stdout, stderr }),
+        (Some(Ok(seconds)), Some(Ok(kb))) => Ok(Measured { seconds, peak_mb: kb / 1024.0, stdout }),
         _ => bail!("cannot parse GNU time's output `{}`", text.trim()),
     }
 }
@@ -127,8 +126,8 @@ pub fn qforge_run_plain(
 }
 
 /// The time of the first row for `pass` in qforge's pass table (`1  calibrate  1054.0 ms ...`).
-pub fn table_seconds(stderr: &str, pass: &str) -> Option<f64> {
-    stderr.lines().find_map(|line| {
+pub fn table_seconds(stdout: &str, pass: &str) -> Option<f64> {
+    stdout.lines().find_map(|line| {
         let mut it = line.split_whitespace();
         it.next()?.parse::<usize>().ok()?;
         (it.next()? == pass).then_some(())?;
