@@ -182,6 +182,11 @@ pub fn collect(
         t
     });
     let dtype = |v: ValueId| typed.as_ref().map_or_else(|| g.dtype(v), |t| t.dtype(v));
+    // Tensors the types say are not float (shape arithmetic in a raw
+    // export without value_info, once `infer-shapes` typed it) are neither
+    // fetched nor observed: they are left out as not float from the start.
+    let known_other: Vec<bool> =
+        targets.iter().map(|&v| v != input && dtype(v).is_some_and(|t| t != qforge_ir::DataType::F32)).collect();
     let observable: Vec<ValueId> = targets
         .iter()
         .copied()
@@ -192,15 +197,15 @@ pub fn collect(
     let input_slot = targets.iter().position(|&t| t == input);
     let (load_clock, run_clock) = (Clock::default(), Clock::default());
     let slots = Arc::new(Slots {
-        slots: targets
+        slots: known_other
             .iter()
-            .map(|_| {
+            .map(|&other| {
                 (
                     Mutex::new(Slot {
-                        next: 0,
+                        next: if other { NEVER } else { 0 },
                         ahead: Default::default(),
                         histogram: Histogram::new(opts.bins),
-                        not_float: false,
+                        not_float: other,
                     }),
                     Condvar::new(),
                 )
@@ -217,7 +222,12 @@ pub fn collect(
     // the graph outputs; with which tensors it fetches, and where the graph
     // outputs are among them.
     let open = |observed: &[ValueId]| {
-        let fetched: Vec<ValueId> = targets.iter().copied().filter(|&v| v != input && !observed.contains(&v)).collect();
+        let fetched: Vec<ValueId> = targets
+            .iter()
+            .zip(&known_other)
+            .filter(|&(&v, &other)| v != input && !other && !observed.contains(&v))
+            .map(|(&v, _)| v)
+            .collect();
         let mut names: Vec<String> = fetched.iter().map(|&v| g.value_name(v).to_string()).collect();
         let output_fetch: Vec<usize> = g
             .outputs()
@@ -415,6 +425,10 @@ impl Drop for Spent {
     }
 }
 
+/// [`Slot::next`] of a tensor no sample is folded into (known not to be
+/// float): every turn has passed there.
+const NEVER: usize = usize::MAX;
+
 /// One tensor's histogram and its turn: the sample it takes next.
 struct Slot {
     next: usize,
@@ -504,6 +518,9 @@ impl Slots {
         let mut had = false;
         for s in 0..self.slots.len() {
             let mut slot = self.turn(s, i);
+            if slot.next == NEVER {
+                continue;
+            }
             if slot.next == i {
                 slot.done(i);
             } else {
