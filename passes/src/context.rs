@@ -39,6 +39,11 @@ pub struct PassContext {
     /// extra time on the data they publish for it ([`PassReport::publish`]),
     /// e.g. `calibrate` computing every method's threshold per tensor.
     pub report_detail: bool,
+    /// Set by the pass manager for the running pass: whether a pass after
+    /// it reads the float model's kept outputs
+    /// ([`crate::PassOptions::FLOAT_OUTPUTS`]). `None` (a pass run on its
+    /// own) counts as yes.
+    pub float_outputs_later: Option<bool>,
     /// State passes keep for later passes, by type (e.g. a calibration
     /// table one pass measures and another consumes).
     pub ext: Extensions,

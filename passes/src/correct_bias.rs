@@ -71,6 +71,7 @@ impl Default for CorrectBias {
 }
 
 impl PassOptions for CorrectBias {
+    const FLOAT_OUTPUTS: bool = true;
     const DOCS: &'static [(&'static str, &'static str)] = &[
         ("samples", "calibration samples the per-channel means are taken over (default 16)"),
         ("rounds", "correction rounds, each measured; the best state is kept (default 2)"),

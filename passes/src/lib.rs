@@ -92,6 +92,7 @@ macro_rules! register_pass {
                 defaults: || $crate::PassInfo::default_options::<$ty>(),
                 docs: <$ty as $crate::PassOptions>::DOCS,
                 calib: <$ty as $crate::PassOptions>::CALIB,
+                float_outputs: <$ty as $crate::PassOptions>::FLOAT_OUTPUTS,
             }
         }
     };

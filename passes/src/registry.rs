@@ -23,6 +23,13 @@ pub trait PassOptions: Pass + Default + Serialize + DeserializeOwned + 'static {
     /// without the pass name, e.g. `data.images="photos/"`), so the command
     /// line names no pass.
     const CALIB: Option<CalibOverrides> = None;
+
+    /// Whether the pass compares against the float model's outputs on the
+    /// calibration samples (`CalibrationData::float_outputs`). `calibrate`
+    /// keeps those outputs (up to 64 samples, 256 MB) only when a pass after
+    /// it in the pipeline says so; a pass that finds none runs the float
+    /// model itself.
+    const FLOAT_OUTPUTS: bool = false;
 }
 
 /// See [`PassOptions::CALIB`].
@@ -45,6 +52,8 @@ pub struct PassInfo {
     pub docs: &'static [OptionDoc],
     /// What `qforge run --calib PATH` sets ([`PassOptions::CALIB`]).
     pub calib: Option<CalibOverrides>,
+    /// Whether it reads the float model's kept outputs ([`PassOptions::FLOAT_OUTPUTS`]).
+    pub float_outputs: bool,
 }
 
 inventory::collect!(PassInfo);

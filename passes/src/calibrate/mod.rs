@@ -408,7 +408,8 @@ impl Pass for Calibrate {
                 bins: self.bins,
                 quiet: cx.quiet,
                 engine: self.engine.unwrap_or(cx.engine),
-                keep_outputs: KEEP_OUTPUTS,
+                // Only for a pass after this one that compares against them.
+                keep_outputs: if cx.float_outputs_later == Some(false) { 0 } else { KEEP_OUTPUTS },
             },
         )?;
         let method = self.method();
@@ -516,6 +517,15 @@ impl Pass for Calibrate {
         if let Some(p) = self.trt_cache.as_ref().map(beside_output) {
             write_atomic(&p, &table.to_trt_cache(g, &self.trt_version)).map_err(PassError::msg)?;
             r.note(format!("wrote {}", p.display()));
+        }
+        let kept: Vec<&Vec<HostTensor>> = col.outputs.iter().flatten().collect();
+        if !kept.is_empty() {
+            let bytes: usize = kept.iter().flat_map(|o| o.iter()).map(HostTensor::byte_len).sum();
+            r.note(format!(
+                "kept the float model's outputs on {} samples ({:.1} MB) for the passes after it",
+                kept.len(),
+                bytes as f64 / 1e6
+            ));
         }
         let reporting = (std::time::Instant::now(), collect::process_cpu());
         if cx.report_detail {

@@ -54,6 +54,37 @@ impl Default for ManagerOptions {
 struct Instance {
     step: PassStep,
     pass: Box<dyn Pass>,
+    /// It reads the float model's kept outputs ([`crate::PassOptions::FLOAT_OUTPUTS`]).
+    reads_float_outputs: bool,
+    /// A pass run after it does ([`PassContext::float_outputs_later`]).
+    float_outputs_later: bool,
+}
+
+impl Instance {
+    fn new(step: PassStep, pass: Box<dyn Pass>, reads_float_outputs: bool) -> Instance {
+        Instance { step, pass, reads_float_outputs, float_outputs_later: false }
+    }
+}
+
+/// Sets [`Instance::float_outputs_later`], walking from the end. A
+/// fixed-point group repeats, so each of its passes also runs after the
+/// others.
+fn mark_float_outputs_later(planned: &mut [Planned]) {
+    let mut later = false;
+    for p in planned.iter_mut().rev() {
+        match p {
+            Planned::Single(i) => {
+                i.float_outputs_later = later;
+                later |= i.reads_float_outputs;
+            }
+            Planned::Group { passes, .. } => {
+                later |= passes.iter().any(|i| i.reads_float_outputs);
+                for i in passes.iter_mut() {
+                    i.float_outputs_later = later;
+                }
+            }
+        }
+    }
 }
 
 enum Planned {
@@ -177,9 +208,9 @@ impl PassManager {
                 origin: s.origin.clone(),
                 message: format!("pass `{}`: {m}", s.name),
             })?;
-            Ok(Instance { step: s.clone(), pass })
+            Ok(Instance::new(s.clone(), pass, info.float_outputs))
         };
-        let planned = pipeline
+        let mut planned = pipeline
             .steps
             .iter()
             .map(|s| match s {
@@ -190,7 +221,8 @@ impl PassManager {
                     origin: origin.clone(),
                 }),
             })
-            .collect::<Result<Vec<_>, PassError>>()?;
+            .collect::<Result<Vec<Planned>, PassError>>()?;
+        mark_float_outputs_later(&mut planned);
         Ok(PassManager { planned, opts })
     }
 
@@ -283,7 +315,10 @@ impl PassManager {
         let nodes_before = g.node_count();
         let generation = g.generation();
         let t = Instant::now();
-        let report = i.pass.run(g, cx).map_err(|e| e.in_pass(name))?;
+        cx.float_outputs_later = Some(i.float_outputs_later);
+        let report = i.pass.run(g, cx);
+        cx.float_outputs_later = None;
+        let report = report.map_err(|e| e.in_pass(name))?;
         let time = t.elapsed();
         // The graph says whether it changed: a pass that forgets a counter
         // is still re-checked, and one that only counts is not.

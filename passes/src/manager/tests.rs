@@ -50,11 +50,11 @@ fn step(name: &str) -> PassStep {
 
 fn builtin(name: &str) -> Planned {
     let pass = (find_pass(name).expect("built-in pass").create)(&Value::Null).expect("default options");
-    Planned::Single(Instance { step: step(name), pass })
+    Planned::Single(Instance::new(step(name), pass, false))
 }
 
 fn perturb(tol: Tolerance) -> Planned {
-    Planned::Single(Instance { step: step("perturb"), pass: Box::new(Perturb(tol)) })
+    Planned::Single(Instance::new(step("perturb"), Box::new(Perturb(tol)), false))
 }
 
 fn run(planned: Vec<Planned>, each_pass: bool) -> Result<RunReport, PassError> {
@@ -134,7 +134,7 @@ impl Pass for Boaster {
 }
 
 fn instance(name: &str, pass: Box<dyn Pass>) -> Instance {
-    Instance { step: step(name), pass }
+    Instance::new(step(name), pass, false)
 }
 
 fn group(passes: Vec<Instance>) -> Planned {
@@ -172,4 +172,32 @@ fn a_pass_that_only_reports_a_change_is_not() {
     assert_eq!(spans(&r), [(2, 2)], "{r}");
     assert_eq!(r.runs[0].checked_at, None);
     assert!(r.to_string().contains("(unchanged)"), "{r}");
+}
+
+/// `calibrate` keeps the float model's outputs only for a later pass that
+/// reads them: each pass learns whether one runs after it, a fixed-point
+/// group counting its own passes as later (it repeats).
+#[test]
+fn passes_learn_whether_a_later_pass_reads_the_float_outputs() {
+    let pass = |reads: bool| Instance::new(step("p"), Box::new(Perturb(Tolerance::Exact)), reads);
+    let mut planned = vec![
+        Planned::Single(pass(false)),
+        group(vec![pass(false), pass(true)]),
+        Planned::Single(pass(true)),
+        Planned::Single(pass(false)),
+    ];
+    mark_float_outputs_later(&mut planned);
+    let later: Vec<bool> = planned
+        .iter()
+        .flat_map(|p| match p {
+            Planned::Single(i) => vec![i.float_outputs_later],
+            Planned::Group { passes, .. } => passes.iter().map(|i| i.float_outputs_later).collect(),
+        })
+        .collect();
+    assert_eq!(later, [true, true, true, false, false]);
+    // The built-ins that compare against the float outputs say so.
+    for (name, reads) in [("correct-bias", true), ("skip-sensitive", true), ("tune-ranges", true), ("calibrate", false)]
+    {
+        assert_eq!(find_pass(name).expect("built-in").float_outputs, reads, "{name}");
+    }
 }

@@ -102,6 +102,7 @@ impl Default for SkipSensitive {
 }
 
 impl PassOptions for SkipSensitive {
+    const FLOAT_OUTPUTS: bool = true;
     const DOCS: &'static [(&'static str, &'static str)] = &[
         ("top_k", "at most this many layers go back to float (default 3)"),
         (

@@ -90,6 +90,7 @@ impl Default for TuneRanges {
 }
 
 impl PassOptions for TuneRanges {
+    const FLOAT_OUTPUTS: bool = true;
     const DOCS: &'static [(&'static str, &'static str)] = &[
         ("samples", "calibration samples the candidates are measured on (default 8)"),
         (
