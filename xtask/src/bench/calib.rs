@@ -19,9 +19,8 @@ const SIZE: usize = 320;
 const REPEAT: usize = 8;
 const QUICK_REPEAT: usize = 2;
 /// The second point of qforge's memory series: the data once repeated. The
-/// first pass over the data keeps the graph outputs of up to 64 samples (for
-/// later passes) and grows the heap to its working size; ×2 → ×8 shows
-/// whether anything grows past that.
+/// first pass over the data grows the heap to its working size; ×2 → ×8
+/// shows whether anything grows past that.
 const STEADY: usize = 2;
 /// Rounds of qforge's runs in the first table (`--quick`: 1); its figures are medians.
 const MEMORY_ROUNDS: usize = 3;
@@ -71,9 +70,11 @@ pub fn calib(ctx: &mut Ctx) -> Result<SectionResult> {
         // Every qforge configuration `rounds` times, one round after the
         // other, medians reported: a single peak RSS varies by ±5% between
         // runs here, as much as the growth the target bounds.
-        let configs: Vec<(&'static str, &str, usize)> =
-            QFORGE.iter().flat_map(|&(t, e)| [(t, e, 1), (t, e, STEADY), (t, e, repeat)]).collect();
-        let configs: Vec<_> = configs.into_iter().filter(|&(.., r)| r != STEADY || repeat > STEADY).collect();
+        let configs: Vec<(&'static str, &str, usize)> = QFORGE
+            .iter()
+            .flat_map(|&(t, e)| [(t, e, 1), (t, e, STEADY), (t, e, repeat)])
+            .filter(|&(.., r)| r != STEADY || repeat > STEADY)
+            .collect();
         let mut results: Vec<Vec<Result<PassRun>>> = configs.iter().map(|_| Vec::new()).collect();
         let mut samples = vec![f64::NAN; configs.len()];
         for round in 0..rounds {
@@ -410,16 +411,14 @@ fn table(runs: &[Run], repeat: usize, rounds: usize, mut notes: Vec<String>) -> 
         for r in runs.iter().filter(|r| r.tool == tool && r.repeat > 1 && (!qforge || r.repeat == repeat)) {
             let same = |rep: usize| runs.iter().find(|b| b.tool == tool && b.method == r.method && b.repeat == rep);
             let base = same(1);
-            let growth = base.and_then(Run::peak).zip(r.peak()).map(|(a, b)| b / a - 1.0);
+            let growth_from = |b: Option<&Run>| b.and_then(Run::peak).zip(r.peak()).map(|(a, b)| b / a - 1.0);
+            let growth = growth_from(base);
             let mb = |x: Option<f64>| num(x, 0);
             let pct = |g: Option<f64>| g.map_or_else(|| "?".into(), |g| format!("{:+.1}%", g * 100.0));
             let steady = match same(STEADY).filter(|_| qforge && repeat > STEADY) {
-                Some(s) => format!(
-                    "; from ×{STEADY}: {} → {} MB ({})",
-                    mb(s.peak()),
-                    mb(r.peak()),
-                    pct(s.peak().zip(r.peak()).map(|(a, b)| b / a - 1.0))
-                ),
+                Some(s) => {
+                    format!("; from ×{STEADY}: {} → {} MB ({})", mb(s.peak()), mb(r.peak()), pct(growth_from(Some(s))))
+                }
                 None => String::new(),
             };
             let line = format!(
@@ -446,15 +445,18 @@ fn table(runs: &[Run], repeat: usize, rounds: usize, mut notes: Vec<String>) -> 
         format!(
             "Model {MODEL} (`--input-shape {INPUT_SHAPE}`), every photo of assets/photos in 4 views, the list repeated \
              ×N (`data: {{views: true, repeat: N}}`; ORT: `ort_quant.py --repeat N`, same letterbox and views); \
-             ×{repeat} is the memory measurement{} (qforge also ×{STEADY}: its first pass over the data keeps \
-             the graph outputs of up to 64 samples for later passes and grows the heap to its working size). seconds and peak RSS: the whole process \
+             ×{repeat} is the memory measurement{}. seconds and peak RSS: the whole process \
              (`/usr/bin/time -f '%e %M'`): \
              qforge `run` of a pipeline holding only `calibrate` (load, calibrate, save), every qforge figure \
              the median of {rounds} rounds (all qforge rows once per round, in turn); ORT, run once: python start, \
              imports, static-shape copy, `quant_pre_process`, `quantize_static` (QDQ, per-channel, symmetric int8) \
              and save. images/s = samples / seconds. ORT calibrators use its defaults (entropy: 128 bins; \
              percentile: 99.999, 2048 bins); qforge: 2048 bins, percentile 99.99.",
-            if repeat == REPEAT { "" } else { " (--quick)" }
+            if repeat == REPEAT {
+                format!(" (qforge also ×{STEADY}: its first pass over the data grows the heap to its working size)")
+            } else {
+                " (--quick)".to_string()
+            }
         ),
     );
     for n in &notes {
