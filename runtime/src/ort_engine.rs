@@ -203,7 +203,7 @@ impl OrtSession {
             }
         }
         if let Some(o) = &opts.observe {
-            for (index, name) in o.tensors.iter().enumerate() {
+            for name in &o.tensors {
                 let v = g.find_value(name).ok_or_else(|| {
                     RuntimeError::BadInput(format!("tensor \"{name}\" to observe is not in the graph"))
                 })?;
@@ -214,6 +214,9 @@ impl OrtSession {
                         "tensor \"{name}\" cannot be observed: only float32 tensors that are not inputs can"
                     )));
                 }
+            }
+            for index in observe_order(&graph.node, &o.tensors) {
+                let name = &o.tensors[index];
                 graph.node.push(NodeProto {
                     input: vec![name.clone()],
                     output: vec![observe_output(index)],
@@ -238,6 +241,26 @@ impl OrtSession {
         let first = build(&bytes, opts.threads, observer.as_ref())?;
         Ok(OrtSession { bytes, idle: Mutex::new(vec![first]), sig, threads: opts.threads, observer })
     }
+}
+
+/// The order in which to append the observe nodes of `tensors` to `nodes`
+/// (a topologically sorted node list): the tensor produced last first.
+///
+/// ONNX Runtime's default execution order is a depth-first walk back from
+/// the graph's leaf nodes, the leaf with the highest node index first, each
+/// node emitted once its inputs are. Observe nodes are leaves: appended in
+/// production order, the last one's walk emitted nearly the whole model
+/// before any of them ran (the first at node 219 of 380 on nudenet), so every
+/// observed tensor stayed alive, and left the cache, until the end of the
+/// run. Appended in reverse, each runs right after its tensor is made, while
+/// it is in cache, and its buffer can be reused at once.
+fn observe_order(nodes: &[NodeProto], tensors: &[String]) -> Vec<usize> {
+    let made_at: std::collections::HashMap<&str, usize> =
+        nodes.iter().enumerate().flat_map(|(k, n)| n.output.iter().map(move |o| (o.as_str(), k))).collect();
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    // Stable: tensors of one node keep their request order among themselves.
+    order.sort_by_key(|&i| std::cmp::Reverse(made_at.get(tensors[i].as_str()).copied()));
+    order
 }
 
 fn build(bytes: &[u8], threads: usize, observer: Option<&Arc<dyn crate::Observer>>) -> Result<Inner, RuntimeError> {

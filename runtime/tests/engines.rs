@@ -129,3 +129,53 @@ fn observed_tensors_are_the_fetched_ones_on_both_engines() {
     // The graph does not declare q's type, so ONNX Runtime refuses it.
     assert!(e.contains("(q)") && e.contains("Observe"), "{e}");
 }
+
+/// Where each observed tensor's data was, by observe index.
+#[derive(Default)]
+struct Addresses(std::sync::Mutex<Vec<(usize, usize)>>);
+
+impl qforge_runtime::Observer for Addresses {
+    fn observe(&self, _tag: u64, index: usize, t: &qforge_runtime::TensorView<'_>) {
+        self.0.lock().unwrap().push((index, t.as_f32().unwrap().as_ptr() as usize));
+    }
+}
+
+/// ONNX Runtime hands each observed tensor over right after computing it,
+/// so its buffer is free again for the next layer; observed late (as when
+/// the observe nodes were appended in production order), every tensor of a
+/// chain stays alive until the end of the run, each in its own buffer, and
+/// they reach the observer last first.
+#[test]
+fn ort_observes_each_tensor_as_soon_as_it_is_made() {
+    if !have_ort("ort_observes_each_tensor_as_soon_as_it_is_made") {
+        return;
+    }
+    const LAYERS: usize = 16;
+    // 64 KiB per tensor: big enough to be allocated one by one.
+    let mut text = String::from("graph chain {\n  opset ai.onnx 13\n  input %t0: f32[1,16,32,32]\n");
+    for k in 1..=LAYERS {
+        text += &format!("  %t{k} = Sigmoid(%t{})\n", k - 1);
+    }
+    text += &format!("  output %t{LAYERS}\n}}\n");
+    let g = parse_graph(&text).unwrap();
+    let seen = std::sync::Arc::new(Addresses::default());
+    let observe =
+        qforge_runtime::Observe { tensors: (1..LAYERS).map(|k| format!("t{k}")).collect(), observer: seen.clone() };
+    let opts = SessionOptions { observe: Some(observe), engine: Engine::Ort, threads: 1, ..Default::default() };
+    let s = session(&Model::new(g), &opts).unwrap();
+    let x = random_inputs(&[("t0".into(), vec![1, 16, 32, 32], qforge_ir::DataType::F32)], 3).remove(0);
+    for _ in 0..2 {
+        s.run(std::slice::from_ref(&x)).unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.0.lock().unwrap());
+    let buffers: std::collections::BTreeSet<usize> = seen.iter().map(|&(_, p)| p).collect();
+    assert!(
+        buffers.len() <= LAYERS / 2,
+        "{} buffers for {} observed tensors: they stayed alive after being observed",
+        buffers.len(),
+        LAYERS - 1
+    );
+    let order: Vec<usize> = seen.iter().map(|&(i, _)| i).collect();
+    let once: Vec<usize> = (0..LAYERS - 1).collect();
+    assert_eq!(order, [once.clone(), once].concat(), "observed in production order");
+}
