@@ -15,6 +15,8 @@ mod host;
 mod malloc;
 #[cfg(feature = "ort")]
 mod ort_engine;
+#[cfg(feature = "ort")]
+mod pyenv;
 mod random;
 pub mod resize;
 mod tract_engine;

@@ -59,7 +59,8 @@ pub(crate) fn available() -> Result<PathBuf, String> {
 
 /// Where `libonnxruntime` is: `$ORT_DYLIB_PATH`, else the `onnxruntime`
 /// wheel of `$PYTHON` / `python3` / `python`. Found once per process: the
-/// search starts a Python (0.04 s, 0.1 s behind a pyenv shim), and loading
+/// search starts a Python (0.04 s; behind a pyenv shim, the interpreter the
+/// shim would run, see `pyenv`, saving the shim's 0.1 s), and loading
 /// the library and saying where it came from both ask.
 pub fn library_path() -> Result<PathBuf, String> {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -77,7 +78,9 @@ fn find_library() -> Result<PathBuf, String> {
     }
     let pythons: Vec<String> = std::env::var("PYTHON").into_iter().chain(["python3".into(), "python".into()]).collect();
     for py in &pythons {
-        if let Some(p) = wheel_library(py) {
+        // A pyenv shim's interpreter directly (see `pyenv`), else the shim.
+        let direct = crate::pyenv::interpreter(py).and_then(|exe| wheel_library(exe.as_os_str()));
+        if let Some(p) = direct.or_else(|| wheel_library(py.as_ref())) {
             return Ok(p);
         }
     }
@@ -89,7 +92,7 @@ fn find_library() -> Result<PathBuf, String> {
 }
 
 /// The library inside the `onnxruntime` wheel of `python`, if it has one.
-fn wheel_library(python: &str) -> Option<PathBuf> {
+fn wheel_library(python: &std::ffi::OsStr) -> Option<PathBuf> {
     // Finds the package without importing it: importing onnxruntime
     // imports numpy, which took 0.4 s of every run that uses this engine.
     const SCRIPT: &str = "import importlib.util as u, os; s = u.find_spec('onnxruntime'); \
