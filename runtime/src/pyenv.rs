@@ -23,8 +23,19 @@ use std::path::{Path, PathBuf};
 /// The interpreter `program` (a name looked up on `PATH`, or a path) runs
 /// when it is a pyenv shim, in this process's environment and directory.
 pub(crate) fn interpreter(program: &str) -> Option<PathBuf> {
-    let cwd = std::env::current_dir().ok()?;
+    let cwd = logical_cwd(std::env::var_os("PWD"), std::env::current_dir().ok()?);
     resolve(program, &|k| std::env::var_os(k), &cwd)
+}
+
+/// The current directory as the shim's bash sees it: `$PWD` when it names
+/// this directory (through symlinks perhaps, whose parents are the ones
+/// pyenv searches), else the physical path.
+fn logical_cwd(pwd: Option<OsString>, physical: PathBuf) -> PathBuf {
+    let same = |p: &Path| p.is_absolute() && p.canonicalize().ok() == physical.canonicalize().ok();
+    match pwd.map(PathBuf::from) {
+        Some(p) if same(&p) => p,
+        _ => physical,
+    }
 }
 
 /// [`interpreter`] with the environment and the current directory given.
@@ -43,7 +54,7 @@ fn resolve(program: &str, env: &dyn Fn(&str) -> Option<OsString>, cwd: &Path) ->
             return None;
         }
         let exe = prefix.join("bin").join(name);
-        if exe.is_file() {
+        if is_executable(&exe) {
             return Some(exe);
         }
     }
@@ -56,7 +67,20 @@ fn on_path(program: &str, env: &dyn Fn(&str) -> Option<OsString>) -> Option<Path
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }
-    std::env::split_paths(&env("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&env("PATH")?).map(|d| d.join(program)).find(|p| is_executable(p))
+}
+
+/// A file that `exec` would run (what a `PATH` search skips otherwise).
+fn is_executable(p: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        p.is_file()
+    }
 }
 
 /// `PYENV_ROOT` as a pyenv shim sets it, or `None` when `path` is not a
@@ -101,7 +125,7 @@ fn versions(root: &Path, env: &dyn Fn(&str) -> Option<OsString>, cwd: &Path) -> 
     (!names.is_empty()).then_some(names)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::collections::HashMap;
@@ -109,6 +133,7 @@ mod tests {
     /// A pyenv root with a shim for python3 and versions `installed`, each
     /// with bin/python3, under a fresh directory.
     fn fake_root(tag: &str, installed: &[&str]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
         let base = std::env::temp_dir().join(format!("qforge-pyenv-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("pyenv");
@@ -119,10 +144,12 @@ mod tests {
             root.display()
         );
         std::fs::write(root.join("shims/python3"), shim).unwrap();
+        std::fs::set_permissions(root.join("shims/python3"), std::fs::Permissions::from_mode(0o755)).unwrap();
         for v in installed {
             let bin = root.join("versions").join(v).join("bin");
             std::fs::create_dir_all(&bin).unwrap();
             std::fs::write(bin.join("python3"), "").unwrap();
+            std::fs::set_permissions(bin.join("python3"), std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         std::fs::create_dir_all(base.join("work/sub")).unwrap();
         root
@@ -170,5 +197,34 @@ mod tests {
         assert_eq!(resolve(exe.to_str().unwrap(), &|_| None, &root), None);
         assert_eq!(shim_root(&root.join("shims/python3")), Some(root.clone()));
         let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    }
+
+    #[test]
+    fn a_shim_that_cannot_run_is_not_the_one_on_path() {
+        let root = fake_root("noexec", &["3.11.7"]);
+        std::fs::write(root.join("version"), "3.11.7\n").unwrap();
+        let cwd = root.parent().unwrap().join("work");
+        assert_eq!(lookup(&root, &[], &cwd), Some(root.join("versions/3.11.7/bin/python3")));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("shims/python3"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(lookup(&root, &[], &cwd), None);
+        let _ = std::fs::remove_dir_all(root.parent().unwrap());
+    }
+
+    #[test]
+    fn the_logical_directory_is_searched_when_pwd_names_this_one() {
+        let base = std::env::temp_dir().join(format!("qforge-pyenv-pwd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("real/proj")).unwrap();
+        std::fs::create_dir_all(base.join("links")).unwrap();
+        std::os::unix::fs::symlink(base.join("real/proj"), base.join("links/proj")).unwrap();
+        let physical = base.join("real/proj");
+        let logical = base.join("links/proj");
+        assert_eq!(logical_cwd(Some(logical.clone().into()), physical.clone()), logical);
+        // A stale or relative PWD is not this directory: the physical path.
+        assert_eq!(logical_cwd(Some(base.join("links").into()), physical.clone()), physical);
+        assert_eq!(logical_cwd(Some("links/proj".into()), physical.clone()), physical);
+        assert_eq!(logical_cwd(None, physical.clone()), physical);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
