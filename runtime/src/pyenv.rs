@@ -106,7 +106,8 @@ fn shim_root(path: &Path) -> Option<PathBuf> {
 fn versions(root: &Path, env: &dyn Fn(&str) -> Option<OsString>, cwd: &Path) -> Option<Vec<String>> {
     if let Some(v) = env("PYENV_VERSION").filter(|v| !v.is_empty()) {
         let v = v.into_string().ok()?;
-        return Some(v.split(':').filter(|s| !s.is_empty()).map(str::to_string).collect());
+        let names: Vec<String> = v.split(':').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        return names.iter().all(|n| acceptable(n)).then_some(names);
     }
     let start = env("PYENV_DIR").map(PathBuf::from).unwrap_or_else(|| cwd.to_path_buf());
     let local = start.ancestors().map(|d| d.join(".python-version")).find(|f| f.is_file());
@@ -117,12 +118,18 @@ fn versions(root: &Path, env: &dyn Fn(&str) -> Option<OsString>, cwd: &Path) -> 
     let text = std::fs::read_to_string(&file).ok()?;
     let mut names = Vec::new();
     for word in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        if word.contains('/') || word == ".." || word.contains(char::is_whitespace) {
+        if !acceptable(word) {
             return None;
         }
         names.push(word.to_string());
     }
     (!names.is_empty()).then_some(names)
+}
+
+/// A version name this resolves itself: one plain directory name under
+/// `versions/` (pyenv refuses paths, and words are split apart there).
+fn acceptable(name: &str) -> bool {
+    !name.contains('/') && name != ".." && name != "." && !name.contains(char::is_whitespace)
 }
 
 #[cfg(all(test, unix))]
@@ -181,7 +188,7 @@ mod tests {
         std::fs::remove_file(root.join("versions/3.11.7/bin/python3")).unwrap();
         assert_eq!(lookup(&root, &[("PYENV_VERSION", "3.11.7:3.10.4")], &sub), exe("3.10.4"));
         // What pyenv would complete or refuse is left to pyenv.
-        for v in ["3.11", "system", "3.9.1:3.10.4"] {
+        for v in ["3.11", "system", "3.9.1:3.10.4", "../pyenv/versions/3.10.4", "..:3.10.4"] {
             assert_eq!(lookup(&root, &[("PYENV_VERSION", v)], &sub), None, "{v}");
         }
         std::fs::write(work.join(".python-version"), "../3.10.4\n").unwrap();
