@@ -11,9 +11,10 @@
 //! Python version"): `PYENV_VERSION`, else the first `.python-version` file
 //! from the current directory up (from `PYENV_DIR` when set), else
 //! `$PYENV_ROOT/version`; the first listed version whose
-//! `$PYENV_ROOT/versions/NAME/bin/PROGRAM` exists is the interpreter.
+//! `$PYENV_ROOT/versions/NAME/bin/PROGRAM` is executable is the interpreter.
 //! Anything this does not cover (`system`, a version prefix pyenv would
-//! complete, a version that is not installed, an unreadable file) gives
+//! complete, a version that is not installed, a name that is a path, an
+//! unreadable file) gives
 //! `None`, and the caller runs the shim as before: this is only a shortcut
 //! to the same interpreter, never a different answer.
 
