@@ -474,6 +474,15 @@ impl Dataset {
 
     /// Loads and preprocesses sample `i` into a tensor of the input shape.
     pub fn load(&self, i: usize) -> Result<HostTensor, DataError> {
+        self.prepare(i).map(|p| self.finish(p))
+    }
+
+    /// The costly part of [`Dataset::load`]: a photo decoded, cut to its
+    /// view and resized into the input's canvas, still 8-bit (a quarter of
+    /// the tensor's size); an `.npy` sample read. [`Dataset::finish`] makes
+    /// the tensor. Lets a caller prepare samples ahead, while it waits for
+    /// something else, without holding them as floats.
+    pub fn prepare(&self, i: usize) -> Result<Prepared, DataError> {
         match &self.items[i] {
             Item::Image(p, v) => {
                 let img = self
@@ -487,10 +496,10 @@ impl Dataset {
                         Ok(img.to_rgb8())
                     })
                     .map_err(|reason| DataError::Sample { path: p.clone(), reason })?;
-                Ok(match v {
-                    0 => preprocess(&img, &self.shape, &self.prep),
-                    _ => preprocess(&view(&img, *v), &self.shape, &self.prep),
-                })
+                Ok(Prepared::Pixels(match v {
+                    0 => fit(&img, &self.shape, &self.prep),
+                    _ => fit(&view(&img, *v), &self.shape, &self.prep),
+                }))
             }
             Item::Npy { path, offset, f64 } => {
                 let n: usize = self.shape.iter().product();
@@ -507,8 +516,36 @@ impl Dataset {
                 } else {
                     buf.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or([0; 4]))).collect()
                 };
-                Ok(HostTensor::f32(self.shape.clone(), data))
+                Ok(Prepared::Tensor(HostTensor::f32(self.shape.clone(), data)))
             }
+        }
+    }
+
+    /// The tensor of a sample [`Dataset::prepare`] made.
+    pub fn finish(&self, p: Prepared) -> HostTensor {
+        match p {
+            Prepared::Pixels(canvas) => normalise(&canvas, &self.shape, &self.prep),
+            Prepared::Tensor(t) => t,
+        }
+    }
+}
+
+/// A sample [`Dataset::prepare`]d: all of [`Dataset::load`] but the
+/// normalisation ([`Dataset::finish`]).
+#[derive(Debug)]
+pub enum Prepared {
+    /// A photo's view in the input's canvas (letterboxed or resized), 8-bit RGB.
+    Pixels(RgbImage),
+    /// A sample that was a tensor already (`.npy`).
+    Tensor(HostTensor),
+}
+
+impl Prepared {
+    /// Bytes it holds.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Prepared::Pixels(img) => img.as_raw().len(),
+            Prepared::Tensor(t) => t.byte_len(),
         }
     }
 }
@@ -535,8 +572,14 @@ pub fn view(img: &RgbImage, v: u8) -> RgbImage {
 /// and a scale of `1/k` divides by `k` (as `array / 255.`) rather than
 /// multiplying by a rounded reciprocal.
 pub fn preprocess(img: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor {
-    let (h, w) = if p.nhwc { (shape[1], shape[2]) } else { (shape[2], shape[3]) };
-    let canvas = if p.letterbox {
+    normalise(&fit(img, shape, p), shape, p)
+}
+
+/// The first half of [`preprocess`]: the image letterboxed or resized to
+/// the input's height and width.
+fn fit(img: &RgbImage, shape: &[usize], p: &Preprocess) -> RgbImage {
+    let (h, w) = hw(shape, p);
+    if p.letterbox {
         let r = (w as f64 / img.width() as f64).min(h as f64 / img.height() as f64);
         let side = |s: u32, max: usize| ((f64::from(s) * r).round_ties_even() as u32).clamp(1, max as u32);
         let (nw, nh) = (side(img.width(), w), side(img.height(), h));
@@ -550,7 +593,18 @@ pub fn preprocess(img: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor
         c
     } else {
         crate::resize::resize_bilinear(img, w as u32, h as u32)
-    };
+    }
+}
+
+/// Height and width of an image input of `shape`.
+fn hw(shape: &[usize], p: &Preprocess) -> (usize, usize) {
+    if p.nhwc { (shape[1], shape[2]) } else { (shape[2], shape[3]) }
+}
+
+/// The second half of [`preprocess`]: a canvas of the input's size to the
+/// normalised tensor (channel order, scale, mean and std, layout).
+fn normalise(canvas: &RgbImage, shape: &[usize], p: &Preprocess) -> HostTensor {
+    let (h, w) = hw(shape, p);
     let inv = 1.0 / f64::from(p.scale);
     let divisor = ((inv - inv.round()).abs() < 1e-6 * inv.abs()).then(|| inv.round() as f32);
     // Every input channel byte's normalised value, computed once: the same

@@ -25,7 +25,7 @@ mod tract_qdq;
 
 use std::collections::BTreeMap;
 
-pub use data::{DataError, Dataset, PadPosition, Preprocess, Source, write_npy};
+pub use data::{DataError, Dataset, PadPosition, Prepared, Preprocess, Source, write_npy};
 pub use host::{Data, HostTensor, TensorView, ViewData};
 #[cfg(feature = "ort")]
 pub use ort_engine::{DYLIB_ENV, OrtSession, library_path as ort_library_path};
