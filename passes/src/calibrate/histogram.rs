@@ -695,48 +695,73 @@ fn entropy_bin(counts: &[f64]) -> Option<usize> {
     }
     let total = c[n];
     let mut best = (f64::INFINITY, n);
-    // ln(S_L / nz_L) depends only on the level's bins [a, b): the same
-    // levels come back for many candidates, so each logarithm is computed
-    // once (the same expression, so the same value). A candidate `i` has
-    // levels of `⌊i/128⌋` and `⌈i/128⌉` bins; `ln_by_start[w - width]`
-    // holds those of `w` bins by their first bin (NaN: not yet computed).
-    let mut width = START_BIN / LEVELS;
-    let mut ln_by_start = [vec![f64::NAN; n + 1], vec![f64::NAN; n + 1]];
-    for i in START_BIN..=n {
-        if i / LEVELS > width {
-            width = i / LEVELS;
-            ln_by_start.swap(0, 1);
-            ln_by_start[1].fill(f64::NAN);
+    // A candidate `i` has levels of `w = ⌊i/128⌋` or `w + 1` bins, and
+    // the 128 candidates that share `w` share their levels: for each `w`,
+    // `terms[2a + d]` holds S·ln(S/nz) of the level of `w + d` bins
+    // starting at bin `a` (0 without non-zero bins) and `lnq[2a + d]` its
+    // ln(S/nz). Each level's logarithm is computed once (`of_width`: the
+    // levels of `w + 1` bins serve `w` and `w + 1`), and each candidate only
+    // gathers its 128 terms, without a branch, into four sums (one would
+    // wait on each add).
+    let of_width = |v: usize, starts: usize| -> (Vec<f64>, Vec<f64>) {
+        (0..starts)
+            .map(|a| {
+                let b = a + v;
+                if b <= n && nz[b] > nz[a] {
+                    let sum = c[b] - c[a];
+                    let l = (sum / f64::from(nz[b] - nz[a])).ln();
+                    (sum * l, l)
+                } else {
+                    (0.0, 0.0)
+                }
+            })
+            .unzip()
+    };
+    let last_of = |w: usize| (w * LEVELS + LEVELS - 1).min(n);
+    let mut terms = vec![0.0; 2 * n + 2];
+    let mut lnq = vec![0.0; 2 * n + 2];
+    let mut narrow = of_width(START_BIN / LEVELS, last_of(START_BIN / LEVELS) + 1);
+    for w in START_BIN / LEVELS..=n / LEVELS {
+        let (first, last) = ((w * LEVELS).max(START_BIN), last_of(w));
+        if first > last {
+            break;
         }
-        let outliers = total - c[i];
-        let last = bins[i - 1];
-        let kl = if c[i] == 0.0 || total == 0.0 || (outliers > 0.0 && last == 0.0) {
-            f64::INFINITY
-        } else {
-            let mut weighted = 0.0;
-            let mut q_last = 0.0;
-            for l in 0..LEVELS {
-                let (a, b) = ((l * i).div_ceil(LEVELS), ((l + 1) * i).div_ceil(LEVELS));
-                let (sum, count) = (c[b] - c[a], nz[b] - nz[a]);
-                if count > 0 {
-                    let cached = &mut ln_by_start[b - a - width][a];
-                    if cached.is_nan() {
-                        *cached = (sum / f64::from(count)).ln();
-                    }
-                    let lnq = *cached;
-                    weighted += sum * lnq;
-                    if (a..b).contains(&(i - 1)) {
-                        q_last = lnq;
+        // Starts up to `last` (a level ends at most at bin `last`).
+        let wide = of_width(w + 1, last_of(w + 1) + 1);
+        for a in 0..=last {
+            terms[2 * a] = narrow.0[a];
+            lnq[2 * a] = narrow.1[a];
+            terms[2 * a + 1] = wide.0[a];
+            lnq[2 * a + 1] = wide.1[a];
+        }
+        narrow = wide;
+        for i in first..=last {
+            let outliers = total - c[i];
+            let last_bin = bins[i - 1];
+            let kl = if c[i] == 0.0 || total == 0.0 || (outliers > 0.0 && last_bin == 0.0) {
+                f64::INFINITY
+            } else {
+                // Level `l` is bins [⌈l·i/128⌉, ⌈(l+1)·i/128⌉): its entry
+                // is at 2a + (b - a - w) = a + b - w.
+                let mut bounds = [0usize; LEVELS + 1];
+                for (l, e) in bounds.iter_mut().enumerate() {
+                    *e = (l * i).div_ceil(LEVELS);
+                }
+                let mut sums = [0.0; 4];
+                for l in (0..LEVELS).step_by(4) {
+                    for (k, s) in sums.iter_mut().enumerate() {
+                        *s += terms[bounds[l + k] + bounds[l + k + 1] - w];
                     }
                 }
+                // The last bin also carries the outliers, in P only.
+                let at_last = bounds[LEVELS - 1] + i - w;
+                let weighted = (sums[0] + sums[1]) + (sums[2] + sums[3]) + outliers * lnq[at_last];
+                let plnp = cl[i - 1] + xlnx(last_bin + outliers);
+                (plnp - weighted) / total - total.ln() + c[i].ln()
+            };
+            if kl <= best.0 {
+                best = (kl, i);
             }
-            // The last bin also carries the outliers, in P only.
-            weighted += outliers * q_last;
-            let plnp = cl[i - 1] + xlnx(last + outliers);
-            (plnp - weighted) / total - total.ln() + c[i].ln()
-        };
-        if kl <= best.0 {
-            best = (kl, i);
         }
     }
     Some(best.1)
