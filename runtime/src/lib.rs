@@ -141,13 +141,30 @@ impl Engine {
 /// model. Tract needs nothing. Whoever asks next waits for the same result.
 pub fn warm_up(engine: Engine) {
     if matches!(engine, Engine::Auto | Engine::Ort) {
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let _ = engine.resolve();
             #[cfg(feature = "ort")]
             if engine == Engine::Ort {
                 let _ = ort_engine::available();
             }
         });
+        let mut warming = WARMING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        warming.push(thread);
+    }
+}
+
+/// Warm-up threads not yet waited for ([`settle`]).
+static WARMING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> = std::sync::Mutex::new(Vec::new());
+
+/// Waits for the [`warm_up`] threads. Call it before the process exits: a
+/// process that exits while one is still loading ONNX Runtime runs the
+/// library's static destructors under that thread, which then crashes
+/// (a run refused at once, e.g. for a dynamic input without
+/// `--input-shape`, died of SIGSEGV in `libonnxruntime` instead of exiting 1).
+pub fn settle() {
+    let threads = std::mem::take(&mut *WARMING.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for t in threads {
+        let _ = t.join();
     }
 }
 

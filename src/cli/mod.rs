@@ -78,7 +78,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match dispatch(plugins, args) {
+    let result = dispatch(plugins, args);
+    // No exit while the engine warm-up may still be loading ONNX Runtime.
+    qforge_runtime::settle();
+    match result {
         Ok(()) => 0,
         Err(Err(e)) => {
             // clap prints help to stdout and errors to stderr, in colour on a terminal.
