@@ -59,9 +59,10 @@ pub(crate) fn available() -> Result<PathBuf, String> {
 
 /// Where `libonnxruntime` is: `$ORT_DYLIB_PATH`, else the `onnxruntime`
 /// wheel of `$PYTHON` / `python3` / `python`. Found once per process: the
-/// search starts a Python (0.02 s without `site`, see `FAST_SEARCH`; behind a pyenv shim, the interpreter the
-/// shim would run, see `pyenv`, saving the shim's 0.1 s), and loading
-/// the library and saying where it came from both ask.
+/// search starts a Python (0.02 s without `site`, see `FAST_SEARCH`; behind
+/// a pyenv shim, the interpreter the shim would run, see `pyenv`, saving the
+/// shim's 0.1 s), and loading the library and saying where it came from
+/// both ask.
 pub fn library_path() -> Result<PathBuf, String> {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PATH.get_or_init(find_library).clone()

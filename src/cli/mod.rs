@@ -78,10 +78,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let result = dispatch(plugins, args);
-    // No exit while the engine warm-up may still be loading ONNX Runtime.
-    qforge_runtime::settle();
-    match result {
+    match dispatch(plugins, args) {
         Ok(()) => 0,
         Err(Err(e)) => {
             // clap prints help to stdout and errors to stderr, in colour on a terminal.
@@ -141,7 +138,20 @@ where
 
 /// Parses and runs; the error is the one-line message of a failed command,
 /// or clap's error for a command line that asks for help or is wrong.
+/// Returns only once the engine warm-up has ended, so that neither the binary
+/// nor a Python program that called it exits while ONNX Runtime is still
+/// loading ([`qforge_runtime::settle`]).
 fn dispatch<I, T>(plugins: &[Register], args: I) -> Result<(), Result<String, clap::Error>>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let result = parse_and_run(plugins, args);
+    qforge_runtime::settle();
+    result
+}
+
+fn parse_and_run<I, T>(plugins: &[Register], args: I) -> Result<(), Result<String, clap::Error>>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
